@@ -1,0 +1,259 @@
+"""One settings object for the whole job: every env var of DESIGN.md, validated once.
+
+Env first, CLI options override (the CLI passes its non-None options as init kwargs,
+which pydantic-settings ranks above the environment). Nothing below ``cli.py`` reads
+``os.environ``; it takes a ``JobSettings`` or an explicit sub-config instead.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from oneseek_job.errors import ConfigError
+
+__all__ = ["JobSettings", "LoraSettings", "TrainSettings", "default_run_id", "load_settings"]
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERSION_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+){0,3}$")
+
+
+def default_run_id(now: datetime | None = None) -> str:
+    """``run-YYYYMMDD-HHMMSS`` in UTC, the seed's run directory name."""
+    return (now or datetime.now(UTC)).strftime("run-%Y%m%d-%H%M%S")
+
+
+def _env(name: str, *more: str) -> AliasChoices:
+    # The field name stays usable as a kwarg (CLI overrides); the env names are DESIGN.md's.
+    return AliasChoices(name, *more)
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+        env_ignore_empty=True,
+    )
+
+
+class LoraSettings(_Base):
+    """LoRA hyper-parameters. Defaults fit 7–9B causal LMs (r16, alpha 32, all projections)."""
+
+    r: int = Field(16, ge=1, le=1024, validation_alias=_env("r", "ONESEEK_LORA_R"))
+    alpha: float = Field(32.0, gt=0, validation_alias=_env("alpha", "ONESEEK_LORA_ALPHA"))
+    dropout: float = Field(
+        0.05, ge=0.0, lt=1.0, validation_alias=_env("dropout", "ONESEEK_LORA_DROPOUT")
+    )
+    # Empty = pick by architecture (q/k/v/o + MLP projections); see training.TARGET_MODULES.
+    target_modules: list[str] = Field(
+        default_factory=list,
+        validation_alias=_env("target_modules", "ONESEEK_LORA_TARGET_MODULES"),
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class TrainSettings(_Base):
+    """Optimisation and data settings of one LoRA run."""
+
+    learning_rate: float = Field(
+        2e-4, gt=0, le=1.0, validation_alias=_env("learning_rate", "ONESEEK_LEARNING_RATE")
+    )
+    epochs: int = Field(1, ge=1, le=1000, validation_alias=_env("epochs", "ONESEEK_EPOCHS"))
+    # 0 = as many optimizer steps as the epochs need.
+    max_steps: int = Field(0, ge=0, validation_alias=_env("max_steps", "ONESEEK_MAX_STEPS"))
+    seq_len: int = Field(
+        2048, ge=16, le=131072, validation_alias=_env("seq_len", "ONESEEK_SEQ_LEN")
+    )
+    # Tokens per optimizer step; micro-batches accumulate up to this budget.
+    batch_tokens: int = Field(
+        16384, ge=16, validation_alias=_env("batch_tokens", "ONESEEK_BATCH_TOKENS")
+    )
+    micro_batch_size: int = Field(
+        1, ge=1, le=1024, validation_alias=_env("micro_batch_size", "ONESEEK_MICRO_BATCH_SIZE")
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0, validation_alias=_env("warmup_ratio", "ONESEEK_WARMUP_RATIO")
+    )
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", validation_alias=_env("lr_schedule", "ONESEEK_LR_SCHEDULE")
+    )
+    weight_decay: float = Field(
+        0.0, ge=0.0, validation_alias=_env("weight_decay", "ONESEEK_WEIGHT_DECAY")
+    )
+    max_grad_norm: float = Field(
+        1.0, ge=0.0, validation_alias=_env("max_grad_norm", "ONESEEK_MAX_GRAD_NORM")
+    )
+    seed: int = Field(42, ge=0, validation_alias=_env("seed", "ONESEEK_SEED"))
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, validation_alias=_env("val_fraction", "ONESEEK_VAL_FRACTION")
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        validation_alias=_env("gradient_checkpointing", "ONESEEK_GRADIENT_CHECKPOINTING"),
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, validation_alias=_env("checkpoint_every", "ONESEEK_CHECKPOINT_EVERY")
+    )
+    log_every: int = Field(10, ge=1, validation_alias=_env("log_every", "ONESEEK_LOG_EVERY"))
+    loss_on: Literal["answer", "all"] = Field(
+        "answer", validation_alias=_env("loss_on", "ONESEEK_LOSS_ON")
+    )
+    allow_regression: bool = Field(
+        False, validation_alias=_env("allow_regression", "ONESEEK_ALLOW_REGRESSION")
+    )
+    skip_bad_records: bool = Field(
+        False, validation_alias=_env("skip_bad_records", "ONESEEK_SKIP_BAD_RECORDS")
+    )
+    compile: bool = Field(False, validation_alias=_env("compile", "ONESEEK_COMPILE"))
+
+
+class JobSettings(_Base):
+    """Every setting of a job run. Build it with :func:`load_settings`."""
+
+    base_models: list[str] = Field(
+        default_factory=list, validation_alias=_env("base_models", "BASE_MODELS")
+    )
+    models_dir: Path = Field(Path("/models"), validation_alias=_env("models_dir", "MODELS_DIR"))
+    dataset: Path | None = Field(None, validation_alias=_env("dataset", "DATASET"))
+    artifacts_uri: str = Field(
+        "./artifacts", min_length=1, validation_alias=_env("artifacts_uri", "ARTIFACTS_URI")
+    )
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=_env("s3_endpoint_url", "S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+    )
+    aws_region: str | None = Field(
+        None, validation_alias=_env("aws_region", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    run_id: str = Field(default_factory=default_run_id, validation_alias=_env("run_id", "RUN_ID"))
+    model_version: str = Field("1.0", validation_alias=_env("model_version", "MODEL_VERSION"))
+    job_completion_index: int | None = Field(
+        None, ge=0, validation_alias=_env("job_completion_index", "JOB_COMPLETION_INDEX")
+    )
+    checkpoint_dir: Path | None = Field(
+        None, validation_alias=_env("checkpoint_dir", "CHECKPOINT_DIR")
+    )
+    work_dir: Path = Field(Path("./work"), validation_alias=_env("work_dir", "ONESEEK_WORK_DIR"))
+    signing_key_file: Path | None = Field(
+        None, validation_alias=_env("signing_key_file", "ONESEEK_SIGNING_KEY_FILE")
+    )
+    image_digest: str | None = Field(
+        None, validation_alias=_env("image_digest", "ONESEEK_IMAGE_DIGEST")
+    )
+    language: str = Field(
+        "sv", pattern=r"^[a-z]{2,3}$", validation_alias=_env("language", "ONESEEK_LANGUAGE")
+    )
+    allow_pickle: bool = Field(False, validation_alias=_env("allow_pickle", "ONESEEK_ALLOW_PICKLE"))
+    create_bucket: bool = Field(
+        False, validation_alias=_env("create_bucket", "ONESEEK_CREATE_BUCKET")
+    )
+    # Only ever passed to the S3 client; SecretStr keeps it out of reprs and logs.
+    aws_access_key_id: SecretStr | None = Field(
+        None, validation_alias=_env("aws_access_key_id", "AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=_env("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY")
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @field_validator("base_models", mode="before")
+    @classmethod
+    def _split_base_models(cls, value: Any) -> Any:
+        # The admin UI writes a comma-separated string; blanks between commas are dropped
+        # here and an all-blank list is reported by the command that needs models.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("run_id")
+    @classmethod
+    def _check_run_id(cls, value: str) -> str:
+        if not RUN_ID_PATTERN.fullmatch(value):
+            raise ValueError(
+                "must be 1-128 characters of letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("model_version")
+    @classmethod
+    def _check_version(cls, value: str) -> str:
+        if not VERSION_PATTERN.fullmatch(value):
+            raise ValueError("must look like 1.0 or 2.1.3 (digits and dots)")
+        return value
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where resumable state lives: CHECKPOINT_DIR, else under the work dir."""
+        return self.checkpoint_dir or self.work_dir / "checkpoints"
+
+
+_ENV_NAMES: dict[str, str] = {
+    "base_models": "BASE_MODELS",
+    "models_dir": "MODELS_DIR",
+    "dataset": "DATASET",
+    "artifacts_uri": "ARTIFACTS_URI",
+    "s3_endpoint_url": "S3_ENDPOINT_URL",
+    "aws_region": "AWS_REGION",
+    "run_id": "RUN_ID",
+    "model_version": "MODEL_VERSION",
+    "job_completion_index": "JOB_COMPLETION_INDEX",
+    "checkpoint_dir": "CHECKPOINT_DIR",
+    "work_dir": "ONESEEK_WORK_DIR",
+    "signing_key_file": "ONESEEK_SIGNING_KEY_FILE",
+    "image_digest": "ONESEEK_IMAGE_DIGEST",
+    "language": "ONESEEK_LANGUAGE",
+    "allow_pickle": "ONESEEK_ALLOW_PICKLE",
+    "create_bucket": "ONESEEK_CREATE_BUCKET",
+}
+
+
+def _describe(error: ValidationError, prefix: str = "") -> str:
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    field = loc[0] if loc else "?"
+    if prefix:
+        name = f"ONESEEK_{'LORA_' if prefix == 'lora' else ''}{field.upper()}"
+    else:
+        name = _ENV_NAMES.get(field, field.upper())
+    value = first.get("input")
+    shown = "" if name.startswith("AWS_") or isinstance(value, dict) else f" (got {value!r:.80})"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{name}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> JobSettings:
+    """Read the environment, apply CLI overrides, validate, or raise one-line ConfigError.
+
+    Args:
+        overrides: field values from CLI options; ``None`` values are ignored. Keys
+            ``lora`` and ``train`` take dicts of their sub-settings.
+    """
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    lora_over = {k: v for k, v in clean.pop("lora", {}).items() if v is not None}
+    train_over = {k: v for k, v in clean.pop("train", {}).items() if v is not None}
+    try:
+        lora = LoraSettings(**lora_over)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "lora")) from None
+    try:
+        train = TrainSettings(**train_over)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "train")) from None
+    try:
+        return JobSettings(lora=lora, train=train, **clean)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
