@@ -81,6 +81,7 @@ class ModelResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     key: str
+    position: int = 0  # index in the resolved BASE_MODELS list: keeps the admin's order
     display_name: str
     model_path: str
     architecture: str

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from oneseek_job.errors import ConfigError
 
@@ -52,7 +52,7 @@ class LoraSettings(_Base):
         0.05, ge=0.0, lt=1.0, validation_alias=_env("dropout", "ONESEEK_LORA_DROPOUT")
     )
     # Empty = pick by architecture (q/k/v/o + MLP projections); see training.TARGET_MODULES.
-    target_modules: list[str] = Field(
+    target_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         validation_alias=_env("target_modules", "ONESEEK_LORA_TARGET_MODULES"),
     )
@@ -123,7 +123,7 @@ class TrainSettings(_Base):
 class JobSettings(_Base):
     """Every setting of a job run. Build it with :func:`load_settings`."""
 
-    base_models: list[str] = Field(
+    base_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("base_models", "BASE_MODELS")
     )
     models_dir: Path = Field(Path("/models"), validation_alias=_env("models_dir", "MODELS_DIR"))
@@ -242,6 +242,13 @@ def load_settings(**overrides: Any) -> JobSettings:
         overrides: field values from CLI options; ``None`` values are ignored. Keys
             ``lora`` and ``train`` take dicts of their sub-settings.
     """
+    try:
+        return _load(overrides)
+    except SettingsError as error:
+        raise ConfigError(f"invalid environment: {error}") from None
+
+
+def _load(overrides: dict[str, Any]) -> JobSettings:
     clean = {k: v for k, v in overrides.items() if v is not None}
     lora_over = {k: v for k, v in clean.pop("lora", {}).items() if v is not None}
     train_over = {k: v for k, v in clean.pop("train", {}).items() if v is not None}

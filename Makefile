@@ -1,0 +1,39 @@
+# The two commands of the README:
+#   make demo   set up .venv, build the embedded demo workspace, train every demo model on CPU
+#   make test   set up .venv, run ruff, mypy and the whole test suite (what CI runs)
+# The venv pins CPU torch 2.13.0 (a local wheel here); the Dockerfile installs the CUDA build.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# The system pip (23.x) backtracks for minutes on this dependency set: upgrade it first.
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/oneseek-job demo --run
+	$(VENV)/bin/oneseek-job verify demo/artifacts --current --public-key demo/keys/oneseek-signing.pub
+
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf demo work artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,433 @@
+"""The job, step by step: resolve → train each model → upload → mark done → certify → promote.
+
+One code path for every way the Job runs: a single pod trains all models in order; an
+Indexed Job pod trains only the model at its index. Each finished model leaves a done
+marker in the store; whoever sees every marker certifies the run, and the conditional put
+of MANIFEST.json makes exactly one of them win (both would write identical bytes anyway,
+since every run file is derived from the markers alone).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from oneseek_job import artifacts
+from oneseek_job.config import JobSettings
+from oneseek_job.discovery import Resolution, discover, resolve_base_models
+from oneseek_job.errors import ConfigError, InputError, JobError, VerificationError
+from oneseek_job.logs import bind, get_logger
+
+if TYPE_CHECKING:
+    from oneseek_job.data import Record
+    from oneseek_job.storage import Store
+
+__all__ = ["Reporter", "certify_job", "train_job", "verify_job"]
+
+log = get_logger(__name__)
+# Remote live_metrics.json is rewritten at most this often (S3 PUTs cost and throttle).
+LIVE_UPLOAD_INTERVAL_S = 60.0
+
+
+class Reporter(Protocol):
+    """Where the job reports milestones besides the log (Kubernetes Events, or nothing)."""
+
+    def started(self, run_id: str, models: list[str]) -> None: ...
+    def model_trained(self, key: str, metrics: dict[str, Any]) -> None: ...
+    def certified(self, run_id: str, uri: str) -> None: ...
+    def failed(self, reason: str) -> None: ...
+
+
+class _NoReporter:
+    def started(self, run_id: str, models: list[str]) -> None:
+        pass
+
+    def model_trained(self, key: str, metrics: dict[str, Any]) -> None:
+        pass
+
+    def certified(self, run_id: str, uri: str) -> None:
+        pass
+
+    def failed(self, reason: str) -> None:
+        pass
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
+    """Train every selected model of the run, then certify it when all models are done.
+
+    Raises:
+        ConfigError, InputError, ResolutionError: before any training starts.
+        Preempted: SIGTERM arrived; the checkpoint is saved and a retry resumes.
+        JobError: a model failed; the other models' artifacts are kept.
+    """
+    reporter = reporter or _NoReporter()
+    # 1. Inputs, cheapest checks first, so a bad config never costs GPU time.
+    if not settings.base_models:
+        raise ConfigError("BASE_MODELS is empty: set it to comma-separated model names")
+    if settings.dataset is None:
+        raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
+    report = discover(settings.models_dir, allow_pickle=settings.allow_pickle)
+    log.info("config", tag="config", base_models=settings.base_models)
+    resolutions = resolve_base_models(settings.base_models, report)
+    selected = _select(resolutions, settings.job_completion_index)
+    log.info(
+        "mode",
+        tag="mode",
+        models=[r.key for r in selected],
+        of=len(resolutions),
+        indexed=settings.job_completion_index is not None,
+    )
+    from oneseek_job.data import load_records
+    from oneseek_job.storage import store_from_settings
+
+    records = load_records(settings.dataset, skip_bad_records=settings.train.skip_bad_records)
+    store = store_from_settings(settings)
+    from oneseek_job.storage import is_committed
+
+    if is_committed(store, settings.run_id):
+        log.info("already_certified", tag="certified", run_id=settings.run_id)
+        return
+    reporter.started(settings.run_id, [r.key for r in selected])
+
+    # 2. One model at a time; a failure keeps the others' artifacts and markers.
+    failures: list[JobError] = []
+    for resolution in selected:
+        bind(model=resolution.key)
+        try:
+            position = resolutions.index(resolution)
+            _train_and_upload(settings, store, resolution, position, records, reporter)
+        except JobError as error:
+            if error.exit_code == 75:  # preempted: stop now, the retry resumes
+                raise
+            log.error("model_failed", tag="training", model=resolution.key, error=str(error))
+            reporter.failed(f"{resolution.key}: {error}")
+            failures.append(error)
+        finally:
+            bind(model=None)
+    if failures:
+        raise type(failures[0])(
+            f"{len(failures)} of {len(selected)} model(s) failed, the others are uploaded; "
+            f"first failure: {failures[0]}"
+        )
+
+    # 3. Certify once every model of the run (all indices) has its done marker.
+    from oneseek_job.training import is_main_process
+
+    if not is_main_process():
+        return
+    missing = _missing_models(store, settings.run_id, [r.key for r in resolutions])
+    if missing:
+        log.info("waiting_for_models", tag="mode", missing=missing)
+        return
+    _certify(settings, store, reporter, expected=[r.key for r in resolutions])
+
+
+def _select(resolutions: list[Resolution], index: int | None) -> list[Resolution]:
+    if index is None:
+        return resolutions
+    if index >= len(resolutions):
+        raise ConfigError(
+            f"JOB_COMPLETION_INDEX={index} but BASE_MODELS resolves to {len(resolutions)} "
+            f"model(s): set the Job's completions to {len(resolutions)}"
+        )
+    return [resolutions[index]]
+
+
+@dataclass
+class _LiveMetrics:
+    """Writes live_metrics.json locally on every report, to the store at most every minute."""
+
+    path: Path
+    store: Store | None
+    store_key: str
+    key: str
+    last_upload: float = 0.0
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        document = {
+            "type": "live_metrics",
+            "epoch": progress.get("epoch"),
+            "total_epochs": progress.get("total_epochs"),
+            "step": progress.get("step"),
+            "total_steps": progress.get("total_steps"),
+            "val_losses": {self.key: progress.get("val_loss")},
+            "weights": {self.key: 1.0},
+            "total_loss": progress.get("loss"),
+            "progress_percent": round(
+                100.0 * progress.get("step", 0) / max(progress.get("total_steps") or 1, 1), 1
+            ),
+            "timestamp": _now(),
+        }
+        data = json.dumps(document, indent=2).encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(self.path)
+        if self.store is not None and time.monotonic() - self.last_upload >= LIVE_UPLOAD_INTERVAL_S:
+            self.last_upload = time.monotonic()
+            try:
+                self.store.put_bytes(self.store_key, data)
+            except JobError as error:  # progress is best effort; training goes on
+                log.warning("live_metrics_upload_failed", error=str(error))
+
+
+def _train_and_upload(
+    settings: JobSettings,
+    store: Store,
+    resolution: Resolution,
+    position: int,
+    records: list[Record],
+    reporter: Reporter,
+) -> None:
+    from oneseek_job.provenance import hash_model_inputs_async, sha256_file
+    from oneseek_job.storage import upload_tree
+    from oneseek_job.training import is_main_process, train_model
+
+    key, model = resolution.key, resolution.model
+    marker = artifacts.done_marker_key(settings.run_id, key)
+    if store.head(marker) is not None:
+        log.info("model_already_done", tag="training", model=key)
+        return
+    log.info("training", tag="training", model=key, display_name=model.display_name)
+    digests = hash_model_inputs_async(model.path)  # overlaps with model loading
+    staging = settings.work_dir / settings.run_id / "staging" / key
+    adapter_dir = staging / "lora_adapters" / artifacts.adapter_dir_name(key)
+    weights_path = staging / "weights" / artifacts.weights_file_name(settings.model_version, key)
+    live_key = f"{artifacts.run_prefix(settings.run_id)}.live/{key}.json"
+    started = _now()
+    outcome = train_model(
+        key=key,
+        model_path=model.path,
+        records=records,
+        lora=settings.lora,
+        train=settings.train,
+        adapter_dir=adapter_dir,
+        weights_path=weights_path,
+        checkpoint_dir=settings.checkpoint_root / settings.run_id / key,
+        on_progress=_LiveMetrics(
+            settings.work_dir / settings.run_id / "live_metrics.json", store, live_key, key
+        ),
+    )
+    if not is_main_process():
+        return
+    certified = outcome.improved or settings.train.allow_regression
+    if not outcome.improved:
+        log.warning(
+            "adapter_not_better_than_base",
+            tag="training",
+            model=key,
+            base_val_loss=outcome.base_val_loss,
+            final_val_loss=outcome.final_val_loss,
+            certified=certified,
+        )
+    uploaded = upload_tree(store, staging, artifacts.run_prefix(settings.run_id))
+    prefix = artifacts.run_prefix(settings.run_id)
+    dataset_files = _dataset_files(settings.dataset)
+    result = artifacts.ModelResult(
+        key=key,
+        position=position,
+        display_name=model.display_name,
+        model_path=str(model.path),
+        architecture=model.architecture or model.model_type,
+        base_val_loss=outcome.base_val_loss,
+        final_val_loss=outcome.final_val_loss,
+        final_train_loss=outcome.final_train_loss,
+        improved=outcome.improved,
+        certified=certified,
+        steps=outcome.steps,
+        epochs=outcome.epochs,
+        samples=outcome.samples,
+        train_tokens=outcome.train_tokens,
+        duration_seconds=round(outcome.duration_seconds, 3),
+        started_at=started,
+        finished_at=_now(),
+        files={
+            info.key.removeprefix(prefix): artifacts.FileDigest(size=info.size, sha256=info.sha256)
+            for info in uploaded
+        },
+        base_model_digests=digests.result(),
+        dataset_sha256=_dataset_digest(dataset_files, sha256_file),
+        dataset_files=[p.name for p in dataset_files],
+        hyperparameters=_hyperparameters(settings),
+        host=socket.gethostname(),
+        image_digest=settings.image_digest,
+    )
+    store.put_bytes(marker, result.model_dump_json(indent=2).encode())
+    log.info(
+        "model_done",
+        tag="upload",
+        model=key,
+        files=len(uploaded),
+        base_val_loss=outcome.base_val_loss,
+        final_val_loss=outcome.final_val_loss,
+        certified=certified,
+    )
+    reporter.model_trained(key, {"final_val_loss": outcome.final_val_loss, "certified": certified})
+
+
+def _dataset_files(dataset: Path | None) -> list[Path]:
+    from oneseek_job.data import dataset_files
+
+    if dataset is None:
+        raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
+    return dataset_files(dataset)
+
+
+def _dataset_digest(files: list[Path], sha256_file: Any) -> str:
+    """SHA-256 over the sorted (name, sha256) of every dataset file: one digest for a dir."""
+    import hashlib
+
+    if len(files) == 1:
+        return str(sha256_file(files[0]))
+    combined = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        combined.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    return combined.hexdigest()
+
+
+def _hyperparameters(settings: JobSettings) -> dict[str, Any]:
+    return {
+        "lora": settings.lora.model_dump(mode="json"),
+        "train": settings.train.model_dump(mode="json"),
+        "model_version": settings.model_version,
+    }
+
+
+def _missing_models(store: Store, run_id: str, keys: list[str]) -> list[str]:
+    return [k for k in keys if store.head(artifacts.done_marker_key(run_id, k)) is None]
+
+
+def _read_results(store: Store, run_id: str) -> list[artifacts.ModelResult]:
+    prefix = f"{artifacts.run_prefix(run_id)}{artifacts.DONE_DIR}/"
+    return [
+        artifacts.ModelResult.model_validate_json(store.get_bytes(info.key))
+        for info in store.list(prefix)
+        if info.key.endswith(".json")
+    ]
+
+
+def certify_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
+    """``oneseek-job certify``: certify a run whose models are all uploaded. Idempotent."""
+    from oneseek_job.storage import store_from_settings
+
+    store = store_from_settings(settings)
+    _certify(settings, store, reporter or _NoReporter(), expected=None)
+
+
+def _certify(
+    settings: JobSettings, store: Store, reporter: Reporter, expected: list[str] | None
+) -> None:
+    from oneseek_job.provenance import build_manifest, load_private_key, sign
+    from oneseek_job.storage import commit_run, is_committed, promote_run
+
+    run_id = settings.run_id
+    if is_committed(store, run_id):
+        log.info("already_certified", tag="certified", run_id=run_id)
+        promote_run(store, run_id)  # finishes a promotion a crash interrupted
+        return
+    results = _read_results(store, run_id)
+    if not results:
+        raise InputError(
+            f"run {run_id} has no finished models under {store.uri}; nothing to certify"
+        )
+    if expected is not None:
+        missing = sorted(set(expected) - {r.key for r in results})
+        if missing:
+            raise InputError(f"run {run_id} is missing models {', '.join(missing)}")
+    results.sort(key=lambda r: (r.position, r.key))
+    signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
+    info = artifacts.RunInfo(
+        run_id=run_id,
+        version=settings.model_version,
+        language=settings.language,
+        dataset_name_tokens=_dataset_tokens(results),
+        dataset_sha256=results[0].dataset_sha256,
+        total_epochs=max(r.epochs for r in results),
+        allow_regression=settings.train.allow_regression,
+        image_digest=settings.image_digest,
+        hyperparameters=results[0].hyperparameters,
+    )
+    prefix = artifacts.run_prefix(run_id)
+    for name, data in artifacts.build_run_files(results, info, signing_key=signing_key).items():
+        store.put_bytes(prefix + name, data)
+    # Hidden housekeeping (.done/ markers, .live/ progress) is not part of the certified set.
+    objects = [o for o in store.list(prefix) if not o.key.removeprefix(prefix).startswith(".")]
+    manifest = build_manifest(run_id, objects)
+    signature = sign(manifest, signing_key) if signing_key is not None else None
+    won = commit_run(store, run_id, manifest, signature)
+    if not won:
+        raise VerificationError(
+            f"run {run_id} was already certified with different content; not overwriting it"
+        )
+    promote_run(store, run_id)
+    uncertified = [r.key for r in results if not r.certified]
+    log.info(
+        "certified",
+        tag="certified",
+        run_id=run_id,
+        models=[r.key for r in results],
+        signed=signing_key is not None,
+        not_certified=uncertified,
+        uri=f"{store.uri.rstrip('/')}/{prefix}",
+    )
+    reporter.certified(run_id, f"{store.uri.rstrip('/')}/{prefix}")
+
+
+def _dataset_tokens(results: list[artifacts.ModelResult]) -> list[str]:
+    names = [Path(name).stem for name in results[0].dataset_files]
+    return names[:3]
+
+
+def verify_job(
+    settings: JobSettings,
+    *,
+    run_id: str | None,
+    current: bool,
+    public_key_file: Path | None,
+    allow_unsigned: bool,
+    as_json: bool,
+) -> None:
+    """``oneseek-job verify``: re-check a published run; raise unless every check holds."""
+    from oneseek_job.provenance import load_public_key, resolve_run_id, verify_run
+    from oneseek_job.storage import store_from_settings
+
+    store = store_from_settings(settings)
+    target = resolve_run_id(store, run_id, current)
+    public_key = load_public_key(public_key_file) if public_key_file else None
+    report = verify_run(store, target, public_key=public_key, allow_unsigned=allow_unsigned)
+    _print_verdict(target, report, as_json=as_json)
+    if not report.ok:
+        failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
+        raise VerificationError(f"run {target} does not verify: " + "; ".join(failed))
+
+
+def _print_verdict(run_id: str, report: Any, *, as_json: bool) -> None:
+    import sys
+
+    if as_json:
+        document = {
+            "run_id": run_id,
+            "ok": report.ok,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"verify {run_id}: {'OK' if report.ok else 'FAILED'}")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for check in report.checks:
+        table.add_row(check.name, "ok" if check.ok else "FAIL", check.detail)
+    Console().print(table)
