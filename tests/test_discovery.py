@@ -199,7 +199,7 @@ def test_dir_without_config_is_reported_not_dropped(seed_models: Path) -> None:
     [bad] = report.unusable
     assert bad.name == "half-copied" and bad.reason == "no config.json"
     assert len(report.models) == 3
-    with pytest.raises(InputError, match="half-copied.*no config.json"):
+    with pytest.raises(InputError, match=r"half-copied.*no config.json"):
         resolve_base_models(["half-copied"], report)
 
 
@@ -260,7 +260,7 @@ def test_same_key_twice_is_reported(seed_models: Path) -> None:
 
 
 def test_missing_models_dir(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="MODELS_DIR .* does not exist"):
+    with pytest.raises(InputError, match=r"MODELS_DIR .* does not exist"):
         discover(tmp_path / "nope")
 
 
