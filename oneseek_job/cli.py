@@ -340,10 +340,19 @@ def demo(
     if not run:
         typer.echo(f"run it with: set -a; . {workspace.root}/demo.env; set +a; oneseek-job train")
         return
-    for line in (workspace.root / "demo.env").read_text(encoding="utf-8").splitlines():
+    import shlex
+
+    for line in workspace.env_file.read_text(encoding="utf-8").splitlines():
         name, sep, value = line.partition("=")
         if sep and not line.lstrip().startswith("#"):
-            os.environ.setdefault(name.strip(), value.strip())
+            os.environ.setdefault(name.strip(), " ".join(shlex.split(value)))
+    # The demo run is signed, so `verify --public-key` has something to check.
+    key_dir = workspace.root / "keys"
+    if not (key_dir / "oneseek-signing.key").exists():
+        from oneseek_job.provenance import generate_keypair
+
+        generate_keypair(key_dir, name="oneseek-signing")
+    os.environ.setdefault("ONESEEK_SIGNING_KEY_FILE", str(key_dir / "oneseek-signing.key"))
     settings = _settings()
     from oneseek_job.run import train_job
 

@@ -361,7 +361,7 @@ def _certify(
         store.put_bytes(prefix + name, data)
     # Hidden housekeeping (.done/ markers, .live/ progress) is not part of the certified set.
     objects = [o for o in store.list(prefix) if not o.key.removeprefix(prefix).startswith(".")]
-    manifest = build_manifest(run_id, objects)
+    manifest = build_manifest(run_id, objects, signing_key=signing_key)
     signature = sign(manifest, signing_key) if signing_key is not None else None
     won = commit_run(store, run_id, manifest, signature)
     if not won:

@@ -1,0 +1,218 @@
+"""A small committed run built the way run.py certifies one, for provenance and artifact tests.
+
+Adapter and weight files are random bytes (the lead's end-to-end test trains real ones);
+everything after the done markers is the real certification path: markers → build_run_files
+→ upload → build_manifest → sign → storage.commit_run → storage.promote_run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from oneseek_job import artifacts, provenance
+from oneseek_job.storage import LocalStore, Store, commit_run, promote_run
+
+RUN_ID = "run-20251123-001234"
+VERSION = "1.0"
+DATASET_NAME = "svenska_samhalle.jsonl"
+
+
+@dataclass(frozen=True)
+class Model:
+    key: str
+    display_name: str
+    base_val_loss: float
+    final_val_loss: float
+    started_at: str
+    finished_at: str
+
+
+KB = Model(
+    "kb-llama-3-1-8b-swedish",
+    "KB-Llama-3.1-8B-Swedish",
+    3.25,
+    2.5,
+    "2025-11-23T00:12:34+00:00",
+    "2025-11-23T00:20:00+00:00",
+)
+QWEN = Model(
+    "qwen-2-5-7b",
+    "Qwen-2.5-7B",
+    3.5,
+    3.75,
+    "2025-11-23T00:12:35+00:00",
+    "2025-11-23T00:18:10+00:00",
+)
+
+
+@dataclass
+class FakeRun:
+    store: Store
+    run_id: str
+    prefix: str
+    results: list[artifacts.ModelResult]
+    info: artifacts.RunInfo
+    key: Ed25519PrivateKey | None
+    dataset_sha256: str
+
+    def path(self, relative: str) -> Path:
+        """The on-disk file behind a run-relative key (to tamper with it directly)."""
+        assert isinstance(self.store, LocalStore), "direct file access needs a LocalStore"
+        return self.store.root / (self.prefix + relative)
+
+    def read_json(self, relative: str) -> dict[str, object]:
+        return json.loads(self.path(relative).read_bytes())  # type: ignore[no-any-return]
+
+    def write_json(self, relative: str, document: object) -> None:
+        self.path(relative).write_text(json.dumps(document, indent=2) + "\n")
+
+    def recommit(self, key: Ed25519PrivateKey | None) -> None:
+        """An insider's forgery: rebuild MANIFEST over the current files and re-sign it."""
+        objects = list(self.store.list(self.prefix))
+        manifest = provenance.build_manifest(self.run_id, objects, signing_key=key)
+        self.path(artifacts.MANIFEST_NAME).write_bytes(manifest)
+        if key is not None:
+            self.path(artifacts.SIGNATURE_NAME).write_bytes(provenance.sign(manifest, key))
+
+    def verify(
+        self, public_key: object = "own", *, allow_unsigned: bool = False
+    ) -> provenance.VerifyReport:
+        if public_key == "own":
+            pub = self.key.public_key() if self.key is not None else None
+        else:
+            pub = public_key  # type: ignore[assignment]
+        return provenance.verify_run(
+            self.store, self.run_id, public_key=pub, allow_unsigned=allow_unsigned
+        )
+
+
+def upload_model(
+    store: Store, run_id: str, model: Model, dataset_sha256: str, *, allow_regression: bool
+) -> artifacts.ModelResult:
+    """Upload one model's files (random bytes) and write its done marker, as run.py does."""
+    prefix = artifacts.run_prefix(run_id)
+    adapter = f"lora_adapters/{artifacts.adapter_dir_name(model.key)}"
+    contents = {
+        f"{adapter}/adapter_model.safetensors": os.urandom(4096),
+        f"{adapter}/adapter_config.json": json.dumps(
+            {"peft_type": "LORA", "r": 8, "base_model_name_or_path": model.display_name}
+        ).encode(),
+        f"{adapter}/tokenizer.json": b'{"version": "1.0"}',
+        f"weights/{artifacts.weights_file_name(VERSION, model.key)}": os.urandom(2048),
+    }
+    files = {}
+    for relative, data in contents.items():
+        info = store.put_bytes(prefix + relative, data)
+        files[relative] = artifacts.FileDigest(size=info.size, sha256=info.sha256)
+    improved = model.final_val_loss < model.base_val_loss
+    result = artifacts.ModelResult(
+        key=model.key,
+        display_name=model.display_name,
+        model_path=f"/models/oneseek-7b-zero/base_models/{model.key}",
+        architecture="LlamaForCausalLM",
+        base_val_loss=model.base_val_loss,
+        final_val_loss=model.final_val_loss,
+        final_train_loss=model.final_val_loss - 0.25,
+        improved=improved,
+        certified=improved or allow_regression,
+        steps=40,
+        epochs=2,
+        samples=64,
+        train_tokens=64 * 96,
+        duration_seconds=12.5,
+        started_at=model.started_at,
+        finished_at=model.finished_at,
+        files=files,
+        base_model_digests={
+            "config.json": hashlib.sha256(model.key.encode()).hexdigest(),
+            "model.safetensors": hashlib.sha256(model.display_name.encode()).hexdigest(),
+        },
+        dataset_sha256=dataset_sha256,
+        dataset_files=[DATASET_NAME],
+        hyperparameters={"lora": {"r": 8, "alpha": 16}, "train": {"lr": 2e-4}},
+        host=f"node-{model.key[:4]}",
+        image_digest="ghcr.io/oneseek/oneseek-job@sha256:" + "ab" * 32,
+    )
+    store.put_bytes(
+        artifacts.done_marker_key(run_id, model.key), result.model_dump_json(indent=2).encode()
+    )
+    return result
+
+
+def read_markers(store: Store, run_id: str) -> list[artifacts.ModelResult]:
+    prefix = f"{artifacts.run_prefix(run_id)}{artifacts.DONE_DIR}/"
+    return [
+        artifacts.ModelResult.model_validate_json(store.get_bytes(info.key))
+        for info in store.list(prefix)
+    ]
+
+
+def run_info(results: list[artifacts.ModelResult], *, allow_regression: bool) -> artifacts.RunInfo:
+    return artifacts.RunInfo(
+        run_id=RUN_ID,
+        version=VERSION,
+        language="sv",
+        dataset_name_tokens=[Path(DATASET_NAME).stem],
+        dataset_sha256=results[0].dataset_sha256,
+        total_epochs=max(r.epochs for r in results),
+        allow_regression=allow_regression,
+        image_digest=results[0].image_digest,
+        hyperparameters=results[0].hyperparameters,
+    )
+
+
+def certify(
+    store: Store, run_id: str, key: Ed25519PrivateKey | None, *, allow_regression: bool
+) -> artifacts.RunInfo:
+    """The certification step of run.py, on the markers present in the store."""
+    results = read_markers(store, run_id)
+    info = run_info(results, allow_regression=allow_regression)
+    prefix = artifacts.run_prefix(run_id)
+    for name, data in artifacts.build_run_files(results, info, signing_key=key).items():
+        store.put_bytes(prefix + name, data)
+    manifest = provenance.build_manifest(run_id, store.list(prefix), signing_key=key)
+    signature = provenance.sign(manifest, key) if key is not None else None
+    assert commit_run(store, run_id, manifest, signature)
+    promote_run(store, run_id)
+    return info
+
+
+def make_run(
+    root: Path,
+    models: tuple[Model, ...] = (KB, QWEN),
+    *,
+    signed: bool = True,
+    allow_regression: bool = False,
+    store: Store | None = None,
+) -> FakeRun:
+    """A committed, promoted run of ``models`` in ``store`` (default: a LocalStore at ``root``)."""
+    store = store if store is not None else LocalStore(root)
+    root.mkdir(parents=True, exist_ok=True)
+    dataset = root.parent / DATASET_NAME
+    dataset.write_text(
+        '{"instruction": "Vad gör riksdagen?", "output": "Stiftar lagar."}\n', encoding="utf-8"
+    )
+    dataset_sha256 = provenance.sha256_file(dataset)
+    key = Ed25519PrivateKey.generate() if signed else None
+    for model in models:
+        upload_model(store, RUN_ID, model, dataset_sha256, allow_regression=allow_regression)
+    info = certify(store, RUN_ID, key, allow_regression=allow_regression)
+    return FakeRun(
+        store=store,
+        run_id=RUN_ID,
+        prefix=artifacts.run_prefix(RUN_ID),
+        results=read_markers(store, RUN_ID),
+        info=info,
+        key=key,
+        dataset_sha256=dataset_sha256,
+    )
+
+
+def failures(report: provenance.VerifyReport) -> list[tuple[str, str]]:
+    return [(c.name, c.detail) for c in report.checks if not c.ok]
