@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from oneseek_job import __version__
-from oneseek_job.errors import EXIT_FAILED, JobError
+from oneseek_job.errors import EXIT_FAILED, EXIT_PREEMPTED, JobError
 
 __all__ = ["app", "main"]
 
@@ -185,10 +185,23 @@ def train(
         overrides["base_models"] = (
             base_models if base_models else _base_models_from_configmap(configmap)
         )
-    settings = _settings(**overrides)
+    _run_training(_settings(**overrides))
+
+
+def _run_training(settings: Any) -> None:
+    """train_job with Kubernetes Events/annotations when in a Job (a no-op reporter outside)."""
+    from oneseek_job.kube import JobReporter, KubeContext
     from oneseek_job.run import train_job
 
-    train_job(settings)
+    reporter = JobReporter(KubeContext.from_environment(os.environ))
+    try:
+        train_job(settings, reporter)
+    except JobError as error:
+        if error.exit_code != EXIT_PREEMPTED:
+            reporter.failed(str(error))
+        raise
+    finally:
+        reporter.close()
 
 
 def _base_models_from_configmap(name: str) -> str:
@@ -306,8 +319,8 @@ def keygen(
 
     Example (then store the private key as a Kubernetes Secret):
 
-      oneseek-job keygen --out-dir keys && kubectl create secret generic oneseek-signing-key \\
-        --from-file=signing.key=keys/oneseek-signing.key
+      oneseek-job keygen --out-dir keys && kubectl create secret generic oneseek-job-signing-key \\
+        --from-file=signing-key.pem=keys/oneseek-signing.key
     """
     _setup_logging(to_stderr=True)
     from oneseek_job.provenance import generate_keypair
@@ -353,10 +366,7 @@ def demo(
 
         generate_keypair(key_dir, name="oneseek-signing")
     os.environ.setdefault("ONESEEK_SIGNING_KEY_FILE", str(key_dir / "oneseek-signing.key"))
-    settings = _settings()
-    from oneseek_job.run import train_job
-
-    train_job(settings)
+    _run_training(_settings())
 
 
 @app.command()

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from oneseek_job import artifacts
 from oneseek_job.config import JobSettings
 from oneseek_job.discovery import Resolution, discover, resolve_base_models
-from oneseek_job.errors import ConfigError, InputError, JobError, VerificationError
+from oneseek_job.errors import (
+    EXIT_PREEMPTED,
+    ConfigError,
+    InputError,
+    JobError,
+    VerificationError,
+)
 from oneseek_job.logs import bind, get_logger
 
 if TYPE_CHECKING:
@@ -106,7 +112,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
             position = resolutions.index(resolution)
             _train_and_upload(settings, store, resolution, position, records, reporter)
         except JobError as error:
-            if error.exit_code == 75:  # preempted: stop now, the retry resumes
+            if error.exit_code == EXIT_PREEMPTED:  # stop now, the retry resumes
                 raise
             log.error("model_failed", tag="training", model=resolution.key, error=str(error))
             reporter.failed(f"{resolution.key}: {error}")

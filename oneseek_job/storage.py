@@ -3,16 +3,87 @@
 INTERFACE CONTRACT (other modules rely on exactly this; the storage issue fills in the bodies).
 Keys are '/'-separated paths relative to the store root (ARTIFACTS_URI), never starting
 with '/', never containing '..'.
+
+Guarantees both stores give:
+- An object is either absent, the previous complete version, or the new complete version:
+  local writes go to a temp file in the same directory, are fsynced and renamed; S3 objects
+  appear only when PutObject / CompleteMultipartUpload succeeds, and every part carries a
+  SHA-256 checksum the server verifies.
+- ``head`` returns the whole object's SHA-256 (S3: our ``x-amz-meta-sha256``, checked after
+  upload against the server's composite part checksum), so ``put_file`` skips an object
+  already stored with the same content and a re-run after a crash uploads only what is missing.
+- ``put_bytes(..., if_none_match=True)`` lets exactly one of several racing writers win.
+
+The commit protocol (DESIGN.md): ``upload_tree`` the run's files, ``commit_run`` writes
+MANIFEST.json last with a conditional put, ``promote_run`` server-side copies the adapters
+and weights to the latest paths and writes CURRENT last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import urlsplit
 
-__all__ = ["AlreadyExists", "ObjectInfo", "Store", "open_store"]
+from oneseek_job import artifacts
+from oneseek_job.errors import ConfigError, InputError, StorageError
+from oneseek_job.logs import get_logger, redact_text, register_secret
+
+if TYPE_CHECKING:
+    from oneseek_job.config import JobSettings
+
+__all__ = [
+    "AlreadyExists",
+    "LocalStore",
+    "ObjectInfo",
+    "PutResult",
+    "S3Store",
+    "Store",
+    "commit_run",
+    "is_committed",
+    "open_store",
+    "parse_s3_uri",
+    "promote_run",
+    "read_current",
+    "store_from_settings",
+    "upload_tree",
+]
+
+log = get_logger(__name__)
+
+MiB = 1024 * 1024
+_HASH_BLOCK = 4 * MiB
+# S3 limits: CopyObject handles sources up to 5 GiB; beyond that a multipart copy is needed.
+_COPY_OBJECT_LIMIT = 5 * 1024 * MiB
+_MAX_PARTS = 10_000
+_MIN_PART = 5 * MiB
+
+# Multipart tuning, measured with `python -m bench.upload --size-mib 256 --sweep` (4 x 64 MiB
+# + 16 x 64 KiB files, loopback SeaweedFS 4.48, 2-core VM shared with other jobs, so +-30%
+# noise), MB/s of upload_tree with SHA-256 on, part size x concurrency:
+#            conc 2   conc 4   conc 8
+#   8 MiB     78.2     86.4     84.3
+#  16 MiB     66.7     80.4     74.3
+#  32 MiB     82.8     71.3     75.1
+#  64 MiB     61.2     80.7    109.6
+# Large parts with several in flight won (fewer requests, less per-request CPU on a CPU-bound
+# host); on real networks bigger parts also mean fewer round trips. The baseline (boto3
+# upload_file defaults: 8 MiB parts, 10 threads, CRC32) ran 82.4 MB/s in the same run.
+DEFAULT_PART_SIZE = 64 * MiB
+DEFAULT_CONCURRENCY = 8
+DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
+DEFAULT_MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -22,6 +93,15 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str  # lowercase hex of the whole object's content
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """Outcome of one file upload: the stored object, and whether the upload was skipped."""
+
+    info: ObjectInfo
+    skipped: bool
+    seconds: float
 
 
 class AlreadyExists(Exception):  # noqa: N818 - mirrors S3's PreconditionFailed
@@ -62,6 +142,972 @@ class Store(Protocol):
         ...
 
 
-def open_store(uri: str, **options: object) -> Store:
-    """``s3://bucket/prefix`` → S3Store, anything else → LocalStore (a directory)."""
-    raise NotImplementedError
+@runtime_checkable
+class _ReportingStore(Protocol):
+    # Both stores here implement it; upload_tree uses it to log skipped vs uploaded files.
+    def upload(self, key: str, path: Path) -> PutResult: ...
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_key(key: str) -> str:
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(part in {"", ".", ".."} for part in key.rstrip("/").split("/"))
+    ):
+        raise ValueError(f"invalid store key {key!r}: '/'-separated, relative, no '..'")
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    if prefix:
+        _check_key(prefix.rstrip("/") or "x")
+        if prefix.startswith("/"):
+            raise ValueError(f"invalid store prefix {prefix!r}")
+    return prefix
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_digests(path: Path, part_size: int) -> tuple[str, str]:
+    """Whole-file SHA-256 (hex) and the S3 composite checksum for ``part_size`` parts.
+
+    One read pass. The composite is base64(sha256(concat(part digests))) + "-<parts>", which
+    is what S3 reports as ChecksumSHA256 for a multipart object with SHA-256 part checksums.
+    """
+    whole = hashlib.sha256()
+    parts: list[bytes] = []
+    with path.open("rb") as handle:
+        while True:
+            part = hashlib.sha256()
+            remaining = part_size
+            while remaining > 0:
+                block = handle.read(min(_HASH_BLOCK, remaining))
+                if not block:
+                    break
+                whole.update(block)
+                part.update(block)
+                remaining -= len(block)
+            if remaining == part_size:
+                break
+            parts.append(part.digest())
+            if remaining > 0:
+                break
+    composite = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
+    return whole.hexdigest(), f"{composite}-{len(parts)}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_TMP_MARK = ".oneseek-tmp-"
+
+
+def _is_temp_name(name: str) -> bool:
+    return _TMP_MARK in name
+
+
+# --------------------------------------------------------------------------------------------
+# LocalStore
+
+
+class LocalStore:
+    """A directory on local disk (or a mounted volume) as a store.
+
+    Writes are atomic: temp file in the destination directory, fsync, rename, fsync of the
+    directory. Conditional puts link the finished temp file into place (``link`` fails if the
+    name exists), so exactly one writer wins and the winner's content is complete when visible.
+    SHA-256 is computed on ``head`` (no sidecar files to get out of sync).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def _temp_for(self, target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target.parent / f".{target.name}{_TMP_MARK}{secrets.token_hex(6)}"
+
+    def _write_temp(self, target: Path, data: bytes | Path) -> Path:
+        tmp = self._temp_for(target)
+        try:
+            with tmp.open("xb") as out:
+                if isinstance(data, bytes):
+                    out.write(data)
+                else:
+                    with data.open("rb") as src:
+                        while block := src.read(_HASH_BLOCK):
+                            out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _publish(self, tmp: Path, target: Path, *, exclusive: bool) -> None:
+        try:
+            if exclusive:
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    raise AlreadyExists(str(target)) from None
+            else:
+                tmp.replace(target)
+            _fsync_dir(target.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def upload(self, key: str, path: Path) -> PutResult:
+        """Like :meth:`put_file`, also saying whether the copy was skipped."""
+        started = time.perf_counter()
+        target = self._path(key)
+        sha = _sha256_file(path)
+        size = path.stat().st_size
+        existing = self.head(key)
+        if existing is not None and existing.sha256 == sha:
+            return PutResult(existing, True, time.perf_counter() - started)
+        try:
+            tmp = self._write_temp(target, path)
+            self._publish(tmp, target, exclusive=False)
+        except OSError as error:
+            raise StorageError(f"cannot write {target}: {error.strerror or error}") from error
+        return PutResult(ObjectInfo(key, size, sha), False, time.perf_counter() - started)
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        """Copy a local file in atomically; skipped if the same content is already there."""
+        return self.upload(key, path).info
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> ObjectInfo:
+        """Write bytes atomically; with ``if_none_match`` raise AlreadyExists if present."""
+        target = self._path(key)
+        try:
+            tmp = self._write_temp(target, data)
+            self._publish(tmp, target, exclusive=if_none_match)
+        except OSError as error:
+            raise StorageError(f"cannot write {target}: {error.strerror or error}") from error
+        return ObjectInfo(key, len(data), _sha256_bytes(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a whole object; FileNotFoundError if missing."""
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.uri}/{key}")
+        return path.read_bytes()
+
+    def download_file(self, key: str, path: Path) -> None:
+        """Copy an object to a local file (atomically at the destination)."""
+        source = self._path(key)
+        if not source.is_file():
+            raise FileNotFoundError(f"{self.uri}/{key}")
+        path = Path(path)
+        tmp = self._write_temp(path, source)
+        tmp.replace(path)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and SHA-256 (computed now) of an object, or None."""
+        path = self._path(key)
+        try:
+            if not path.is_file():
+                return None
+            return ObjectInfo(key, path.stat().st_size, _sha256_file(path))
+        except FileNotFoundError:  # removed between the checks
+            return None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key; temp files skipped."""
+        _check_prefix(prefix)
+        # Walk only the deepest directory the prefix names, then filter by the full prefix.
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base_dir if base_dir else self.root
+        if not start.is_dir():
+            return
+        keys: list[str] = []
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                if _is_temp_name(name):
+                    continue
+                key = (Path(dirpath) / name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        for key in sorted(keys):
+            info = self.head(key)
+            if info is not None:
+                yield info
+
+    def copy(self, src: str, dst: str) -> None:
+        """Hard link (or copy) into a temp name, then rename over ``dst`` atomically."""
+        source, target = self._path(src), self._path(dst)
+        if not source.is_file():
+            raise FileNotFoundError(f"{self.uri}/{src}")
+        # Safe to share the inode: no store write ever modifies a file in place.
+        tmp = self._temp_for(target)
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                tmp = self._write_temp(target, source)
+            self._publish(tmp, target, exclusive=False)
+        except OSError as error:
+            raise StorageError(f"cannot copy {src} to {dst}: {error.strerror or error}") from error
+
+
+# --------------------------------------------------------------------------------------------
+# S3Store
+
+# RFC-style S3 bucket names (AWS rules; SeaweedFS enforces 3-63 chars too).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+_T = TypeVar("_T")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ``("bucket", "some/prefix/")``.
+
+    Raises:
+        ConfigError: the URI is not a valid ``s3://bucket[/prefix]`` (names ARTIFACTS_URI).
+    """
+    parts = urlsplit(uri)
+    if parts.scheme != "s3":
+        raise ConfigError(f"ARTIFACTS_URI: {uri!r} is not an s3:// URI")
+    bucket = parts.netloc
+    if not bucket:
+        raise ConfigError("ARTIFACTS_URI: s3:// URI has no bucket; use s3://bucket/prefix")
+    if parts.query or parts.fragment or "@" in bucket or ":" in bucket:
+        raise ConfigError(
+            "ARTIFACTS_URI: use s3://bucket/prefix without credentials, port, query or fragment"
+        )
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket or _is_ip(bucket):
+        raise ConfigError(
+            f"ARTIFACTS_URI: {bucket!r} is not a valid bucket name (3-63 characters: lowercase "
+            "letters, digits, '.', '-'; starting and ending with a letter or digit)"
+        )
+    prefix = parts.path.strip("/")
+    if prefix:
+        if any(seg in {"", ".", ".."} for seg in prefix.split("/")) or "\\" in prefix:
+            raise ConfigError(
+                f"ARTIFACTS_URI: prefix {prefix!r} must not contain empty, '.' or '..' segments"
+            )
+        prefix += "/"
+    return bucket, prefix
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _error_code(error: Exception) -> tuple[str, int]:
+    response = getattr(error, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+}
+
+
+class S3Store:
+    """An S3 bucket + prefix as a store (AWS, MinIO, SeaweedFS, Ceph RGW).
+
+    Args:
+        bucket: bucket name.
+        prefix: key prefix ('' or ending in '/'); store keys are relative to it.
+        client: a boto3 S3 client (path-style addressing and retries configured by the caller;
+            :func:`open_store` builds one).
+        part_size: multipart chunk size for uploads and managed copies.
+        concurrency: parallel part uploads across all files of this store.
+        multipart_threshold: files at least this big are uploaded in parts.
+        copy_threshold: objects at least this big are copied with a multipart (managed) copy;
+            CopyObject itself is limited to 5 GiB.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        client: Any,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        copy_threshold: int = _COPY_OBJECT_LIMIT,
+    ) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        if part_size < _MIN_PART:
+            raise ValueError("part_size must be at least 5 MiB (S3 minimum)")
+        self.bucket = bucket
+        self.prefix = _check_prefix(prefix)
+        self.client = client
+        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.copy_threshold = min(copy_threshold, _COPY_OBJECT_LIMIT)
+        self.transfer_config = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=part_size,
+            max_concurrency=concurrency,
+            # Threads already give parallelism; the CRT path would bypass our checksum settings.
+            preferred_transfer_client="classic",
+        )
+        self._manager: Any = None
+        self._manager_lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return self.prefix + _check_key(key)
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def _transfer_manager(self) -> Any:
+        # One manager (one thread pool) per store: concurrent put_file calls from upload_tree
+        # share max_concurrency instead of multiplying it.
+        with self._manager_lock:
+            if self._manager is None:
+                from s3transfer.manager import TransferManager
+
+                self._manager = TransferManager(self.client, self.transfer_config)
+            return self._manager
+
+    def close(self) -> None:
+        """Shut down the transfer threads (idempotent)."""
+        with self._manager_lock:
+            if self._manager is not None:
+                self._manager.shutdown()
+                self._manager = None
+
+    def _call(self, what: str, key: str | None, fn: Callable[[], _T]) -> _T:
+        """Run one S3 call; translate failures into ConfigError / StorageError."""
+        try:
+            return fn()
+        except AlreadyExists:
+            raise
+        except Exception as error:
+            raise _translate(error, what, self._where(key) if key else self.uri) from None
+
+    def part_size_for(self, size: int) -> int:
+        """The part size s3transfer will use for a file of ``size`` bytes."""
+        from s3transfer.utils import ChunksizeAdjuster
+
+        return int(ChunksizeAdjuster().adjust_chunksize(self.part_size, size))
+
+    # -- Store ---------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and SHA-256 of an object, or None if it does not exist."""
+        full = self._key(key)
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
+        except Exception as error:
+            code, status = _error_code(error)
+            if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise _translate(error, "head", self._where(key)) from None
+        size = int(response["ContentLength"])
+        sha = (response.get("Metadata") or {}).get("sha256", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            sha = self._foreign_sha256(key, response)
+        return ObjectInfo(key, size, sha)
+
+    def _foreign_sha256(self, key: str, response: dict[str, Any]) -> str:
+        # An object we did not write: a full-object SHA-256 checksum is as good as ours;
+        # otherwise hash the content (rare: only objects put there by other tools).
+        checksum = response.get("ChecksumSHA256") or ""
+        if checksum and "-" not in checksum and response.get("ChecksumType") != "COMPOSITE":
+            return base64.b64decode(checksum).hex()
+        body = self._call(
+            "read",
+            key,
+            lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"],
+        )
+        digest = hashlib.sha256()
+        for chunk in body.iter_chunks(_HASH_BLOCK):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def upload(self, key: str, path: Path) -> PutResult:
+        """Like :meth:`put_file`, also saying whether the upload was skipped."""
+        started = time.perf_counter()
+        full = self._key(key)
+        size = path.stat().st_size
+        multipart = size >= self.multipart_threshold
+        part_size = self.part_size_for(size) if multipart else max(size, 1)
+        sha, composite = _file_digests(path, part_size)
+        existing = self.head(key)
+        if existing is not None and existing.sha256 == sha and existing.size == size:
+            return PutResult(existing, True, time.perf_counter() - started)
+        extra = {"Metadata": {"sha256": sha}, "ChecksumAlgorithm": "SHA256"}
+        if multipart:
+            future = self._transfer_manager().upload(str(path), self.bucket, full, extra_args=extra)
+            self._call("upload", key, future.result)
+            self._verify_multipart(key, size, sha, composite)
+        else:
+            data = path.read_bytes()
+            if _sha256_bytes(data) != sha:
+                raise StorageError(f"{path} changed while being uploaded; re-run the upload")
+            self._put(key, data, sha, if_none_match=False)
+        return PutResult(ObjectInfo(key, size, sha), False, time.perf_counter() - started)
+
+    def _verify_multipart(self, key: str, size: int, sha: str, composite: str) -> None:
+        """Check the stored object against what we hashed; delete it if it does not match."""
+        response = self._call(
+            "verify",
+            key,
+            lambda: self.client.head_object(
+                Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
+            ),
+        )
+        stored = response.get("ChecksumSHA256")
+        problems = []
+        if int(response["ContentLength"]) != size:
+            problems.append(f"size {response['ContentLength']} != {size}")
+        if (response.get("Metadata") or {}).get("sha256") != sha:
+            problems.append("sha256 metadata differs")
+        # Servers that do not keep checksums return none; size and metadata are then all we
+        # can check (each part's checksum was still verified on upload).
+        if stored and stored != composite:
+            problems.append(f"composite checksum {stored} != {composite}")
+        if problems:
+            self._call(
+                "delete",
+                key,
+                lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+            )
+            raise StorageError(
+                f"uploaded {self._where(key)} does not match the local file "
+                f"({'; '.join(problems)}); deleted it, re-run the upload"
+            )
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        """Upload a local file (multipart above the threshold); skipped if already stored."""
+        return self.upload(key, path).info
+
+    def _put(self, key: str, data: bytes, sha: str, *, if_none_match: bool) -> None:
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "Body": data,
+            "Metadata": {"sha256": sha},
+            # Server verifies the body against it and rejects a corrupted upload (BadDigest).
+            "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha)).decode(),
+        }
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        for attempt in range(5):
+            try:
+                self.client.put_object(**kwargs)
+                return
+            except Exception as error:
+                code, status = _error_code(error)
+                if if_none_match and (status == 412 or code == "PreconditionFailed"):
+                    raise AlreadyExists(self._where(key)) from None
+                # AWS answers 409 to a conditional write racing another on the same key;
+                # the retry then sees the winner (412).
+                if if_none_match and code == "ConditionalRequestConflict" and attempt < 4:
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                raise _translate(error, "write", self._where(key)) from None
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> ObjectInfo:
+        """Write bytes; with ``if_none_match`` raise AlreadyExists if the key exists."""
+        sha = _sha256_bytes(data)
+        self._put(key, data, sha, if_none_match=if_none_match)
+        return ObjectInfo(key, len(data), sha)
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a whole object, checked against its stored SHA-256; FileNotFoundError if missing."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data: bytes = response["Body"].read()
+        except Exception as error:
+            code, status = _error_code(error)
+            if status == 404 or code in {"NoSuchKey", "404"}:
+                raise FileNotFoundError(self._where(key)) from None
+            raise _translate(error, "read", self._where(key)) from None
+        expected = (response.get("Metadata") or {}).get("sha256")
+        if expected and _sha256_bytes(data) != expected:
+            raise StorageError(f"{self._where(key)} content does not match its sha256; re-read")
+        return data
+
+    def download_file(self, key: str, path: Path) -> None:
+        """Stream an object to ``path`` (via a temp file), checked against its SHA-256."""
+        info = self.head(key)
+        if info is None:
+            raise FileNotFoundError(self._where(key))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}{_TMP_MARK}{secrets.token_hex(6)}"
+        try:
+            future = self._transfer_manager().download(self.bucket, self._key(key), str(tmp))
+            self._call("download", key, future.result)
+            if _sha256_file(tmp) != info.sha256:
+                raise StorageError(f"{self._where(key)} downloaded content does not match sha256")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key (one HEAD each)."""
+        _check_prefix(prefix)
+        full_prefix = self.prefix + prefix
+
+        def collect() -> list[str]:
+            keys = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    key = str(item["Key"])
+                    if not key.endswith("/"):  # directory markers some servers return
+                        keys.append(key.removeprefix(self.prefix))
+            return keys
+
+        for key in sorted(self._call("list", prefix or None, collect)):
+            info = self.head(key)
+            if info is not None:
+                yield info
+
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side copy keeping the sha256 metadata; skipped if ``dst`` already matches."""
+        source = self.head(src)
+        if source is None:
+            raise FileNotFoundError(self._where(src))
+        target = self.head(dst)
+        if target is not None and target.sha256 == source.sha256:
+            return
+        copy_source = {"Bucket": self.bucket, "Key": self._key(src)}
+        if source.size < self.copy_threshold:
+            self._call(
+                "copy",
+                dst,
+                lambda: self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self._key(dst),
+                    CopySource=copy_source,
+                    MetadataDirective="REPLACE",
+                    Metadata={"sha256": source.sha256},
+                    ChecksumAlgorithm="SHA256",
+                ),
+            )
+        else:
+            # Multipart copy (UploadPartCopy): needed above 5 GiB. Metadata is set explicitly
+            # because a multipart copy starts a new upload and does not carry it over.
+            future = self._transfer_manager().copy(
+                copy_source,
+                self.bucket,
+                self._key(dst),
+                extra_args={"Metadata": {"sha256": source.sha256}, "ChecksumAlgorithm": "SHA256"},
+            )
+            self._call("copy", dst, future.result)
+        copied = self.head(dst)
+        if copied is None or copied.sha256 != source.sha256 or copied.size != source.size:
+            raise StorageError(f"server-side copy to {self._where(dst)} did not verify; re-run")
+
+
+def _translate(error: Exception, what: str, where: str) -> Exception:
+    """Map a boto3/botocore failure to ConfigError (exit 2) or StorageError (exit 1)."""
+    from botocore import exceptions as bx
+
+    if isinstance(error, StorageError | ConfigError):
+        return error
+    if isinstance(error, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return ConfigError(
+            "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(e.g. from a Secret) or give the pod an IAM role"
+        )
+    if isinstance(error, bx.ClientError):
+        code, status = _error_code(error)
+        if code in _CREDENTIAL_CODES:
+            return ConfigError(
+                f"S3 rejected the credentials ({code}) for {where}; check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY"
+            )
+        if code in {"AccessDenied", "AllAccessDisabled", "403"} or status == 403:
+            return ConfigError(
+                f"access denied to {where} ({what}); check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY and that they may list, read and write this bucket"
+            )
+        if code == "NoSuchBucket":
+            bucket = where.removeprefix("s3://").split("/", 1)[0]
+            return ConfigError(f"bucket {bucket} does not exist; create it or pass --create-bucket")
+        if code == "InvalidBucketName":
+            return ConfigError(f"ARTIFACTS_URI: the server rejects the bucket name in {where}")
+        message = redact_text(str(error.response.get("Error", {}).get("Message", "")))[:200]
+        return StorageError(
+            f"S3 {what} of {where} failed after retries: {code or status} {message}".rstrip()
+            + "; the run is resumable, re-run it"
+        )
+    if isinstance(error, bx.EndpointConnectionError | bx.ConnectTimeoutError):
+        return StorageError(
+            f"cannot reach the S3 endpoint for {where} after retries "
+            f"({type(error).__name__}); check S3_ENDPOINT_URL or retry, the run is resumable"
+        )
+    if isinstance(error, bx.BotoCoreError | OSError):
+        detail = redact_text(str(error))[:200]
+        return StorageError(
+            f"S3 {what} of {where} failed after retries ({type(error).__name__}: {detail}); "
+            "the run is resumable, re-run it"
+        )
+    return StorageError(
+        f"S3 {what} of {where} failed ({type(error).__name__}); the run is resumable"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# opening a store
+
+
+def open_store(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    create_bucket: bool = False,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    part_size: int = DEFAULT_PART_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+) -> Store:
+    """``s3://bucket/prefix`` → S3Store (checked: reachable, credentials, bucket), else LocalStore.
+
+    Args:
+        uri: ARTIFACTS_URI: ``s3://bucket[/prefix]``, ``file:///path`` or a local path.
+        endpoint_url: S3_ENDPOINT_URL for S3-compatible servers; None = AWS.
+        region: AWS_REGION; None = the standard chain, else us-east-1.
+        access_key_id: explicit key id; None = the standard AWS credential chain.
+        secret_access_key: explicit secret (with ``access_key_id``).
+        create_bucket: create a missing bucket instead of failing (``--create-bucket``).
+        max_attempts: botocore attempts per request (standard retry mode).
+        part_size: multipart part size; concurrency: parallel parts; multipart_threshold:
+            size from which files go up in parts (defaults measured, see bench/upload.py).
+
+    Raises:
+        ConfigError: invalid URI or endpoint URL, unknown endpoint host, bad credentials,
+            access denied, or a missing bucket without ``create_bucket``.
+        StorageError: the endpoint did not answer after retries (transient; exit 1).
+    """
+    register_secret(access_key_id)
+    register_secret(secret_access_key)
+    if "://" not in uri:
+        if not uri.strip():
+            raise ConfigError("ARTIFACTS_URI is empty; use s3://bucket/prefix or a directory")
+        return LocalStore(Path(uri).expanduser())
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme == "file":
+        path = urlsplit(uri).path
+        if not path:
+            raise ConfigError(f"ARTIFACTS_URI: {uri!r} has no path")
+        return LocalStore(Path(path))
+    if scheme != "s3":
+        raise ConfigError(
+            f"ARTIFACTS_URI: unsupported scheme {scheme!r}; use s3://bucket/prefix or a "
+            "local directory"
+        )
+    bucket, prefix = parse_s3_uri(uri)
+    client = _make_client(endpoint_url, region, access_key_id, secret_access_key, max_attempts)
+    store = S3Store(
+        bucket,
+        prefix,
+        client,
+        part_size=part_size,
+        concurrency=concurrency,
+        multipart_threshold=multipart_threshold,
+    )
+    _check_bucket(store, create_bucket=create_bucket, region=region)
+    return store
+
+
+def store_from_settings(settings: JobSettings) -> Store:
+    """:func:`open_store` with ARTIFACTS_URI, S3_ENDPOINT_URL, AWS_* and --create-bucket."""
+    key_id = settings.aws_access_key_id
+    secret = settings.aws_secret_access_key
+    return open_store(
+        settings.artifacts_uri,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.aws_region,
+        access_key_id=key_id.get_secret_value() if key_id else None,
+        secret_access_key=secret.get_secret_value() if secret else None,
+        create_bucket=settings.create_bucket,
+    )
+
+
+def _check_endpoint(endpoint_url: str) -> None:
+    parts = urlsplit(endpoint_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(
+            f"S3_ENDPOINT_URL: {redact_text(endpoint_url)!r} is not an http(s)://host[:port] URL"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("S3_ENDPOINT_URL: the port is not a number") from None
+    # A host that does not resolve is a typo, not an outage: fail fast with exit 2 instead of
+    # letting the Job burn its retries. (Connection refused / timeouts stay retryable.)
+    try:
+        socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror:
+        raise ConfigError(
+            f"S3_ENDPOINT_URL: host {parts.hostname!r} does not resolve; check the endpoint"
+        ) from None
+
+
+def _make_client(
+    endpoint_url: str | None,
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    max_attempts: int,
+) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    if endpoint_url:
+        _check_endpoint(endpoint_url)
+    if bool(access_key_id) != bool(secret_access_key):
+        raise ConfigError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
+    session = boto3.session.Session(
+        aws_access_key_id=access_key_id or None,
+        aws_secret_access_key=secret_access_key or None,
+        region_name=region,
+    )
+    # Whatever the chain found (env, profile, web identity, IMDS) must never be printed either.
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        register_secret(frozen.access_key)
+        register_secret(frozen.secret_key)
+        register_secret(frozen.token)
+    config = Config(
+        region_name=region or session.region_name or "us-east-1",
+        # Path-style: MinIO, SeaweedFS and Ceph do not serve bucket subdomains by default.
+        s3={"addressing_style": "path"},
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=32,
+        # Only when an operation requires one: we send SHA-256 ourselves where it matters.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+def _check_bucket(store: S3Store, *, create_bucket: bool, region: str | None) -> None:
+    """Fail early with a clear message: credentials, permissions, bucket existence."""
+    # ListObjectsV2 rather than HeadBucket: HEAD errors have no body, so bad credentials and
+    # missing permissions would be indistinguishable. We need s3:ListBucket anyway (a HEAD of
+    # a missing key without it is 403, not 404, which would break skip-if-present).
+    try:
+        store.client.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix, MaxKeys=1)
+        return
+    except Exception as error:
+        code, _status = _error_code(error)
+        if code != "NoSuchBucket" or not create_bucket:
+            raise _translate(error, "list", store.uri) from None
+    kwargs: dict[str, Any] = {"Bucket": store.bucket}
+    actual_region = store.client.meta.region_name
+    if actual_region and actual_region != "us-east-1" and region:
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": actual_region}
+    try:
+        store.client.create_bucket(**kwargs)
+        log.info("bucket_created", tag="upload", bucket=store.bucket)
+    except Exception as error:
+        code, _status = _error_code(error)
+        if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            raise _translate(error, "create bucket", store.uri) from None
+
+
+# --------------------------------------------------------------------------------------------
+# commit protocol
+
+
+def upload_tree(
+    store: Store, local_dir: Path, prefix: str, *, workers: int = 4
+) -> list[ObjectInfo]:
+    """Upload every file under ``local_dir`` to ``prefix`` + relative path, skipping identical ones.
+
+    Files go up in parallel (the S3 store's part concurrency is shared, not multiplied).
+    Logs one ``upload`` event per file (bytes, seconds, MB/s, skipped) and a summary.
+
+    Args:
+        store: destination.
+        local_dir: directory to upload (symlinks to files are followed).
+        prefix: key prefix, '' or ending in '/'.
+        workers: files in flight at once.
+
+    Returns:
+        ObjectInfo of every file, sorted by key.
+
+    Raises:
+        InputError: ``local_dir`` is not a directory.
+        StorageError / ConfigError: from the store.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    _check_prefix(prefix)
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise InputError(f"{local_dir} is not a directory; nothing to upload")
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and not _is_temp_name(p.name))
+    started = time.perf_counter()
+
+    def one(path: Path) -> PutResult:
+        key = prefix + path.relative_to(local_dir).as_posix()
+        if isinstance(store, _ReportingStore):
+            result = store.upload(key, path)
+        else:
+            t0 = time.perf_counter()
+            info = store.put_file(key, path)
+            result = PutResult(info, False, time.perf_counter() - t0)
+        log.info(
+            "upload",
+            tag="upload",
+            key=key,
+            bytes=result.info.size,
+            seconds=round(result.seconds, 3),
+            mb_per_s=None if result.skipped else _mbps(result.info.size, result.seconds),
+            skipped=result.skipped,
+        )
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, files))
+    sent = sum(r.info.size for r in results if not r.skipped)
+    elapsed = time.perf_counter() - started
+    log.info(
+        "upload_done",
+        tag="upload",
+        prefix=prefix,
+        files=len(results),
+        skipped=sum(r.skipped for r in results),
+        bytes=sent,
+        seconds=round(elapsed, 3),
+        mb_per_s=_mbps(sent, elapsed),
+    )
+    return sorted((r.info for r in results), key=lambda i: i.key)
+
+
+def _mbps(size: int, seconds: float) -> float:
+    return round(size / MiB / seconds, 1) if seconds > 0 else 0.0
+
+
+def commit_run(store: Store, run_id: str, manifest: bytes, signature: bytes | None) -> bool:
+    """Commit a run: write ``MANIFEST.json.sig`` (if any), then ``MANIFEST.json`` conditionally.
+
+    The manifest is the commit point: once it exists the run is immutable. Several
+    certifiers may race (Indexed Job); they build identical bytes, so a loser whose
+    manifest equals the winner's counts as success.
+
+    Returns:
+        True if the run is committed with exactly this manifest (by us or an identical
+        earlier/concurrent commit); False if another manifest was committed first (nothing
+        is overwritten).
+    """
+    prefix = artifacts.run_prefix(run_id)
+    manifest_key = prefix + artifacts.MANIFEST_NAME
+    sig_key = prefix + artifacts.SIGNATURE_NAME
+    existing = _read_or_none(store, manifest_key)
+    if existing is not None:
+        # Already committed: never touch the signature of a committed run.
+        same = existing == manifest
+        if same and signature is not None and store.head(sig_key) is None:
+            store.put_bytes(sig_key, signature)  # a crash between the two writes
+        log.info("commit_exists", tag="certified", run_id=run_id, identical=same)
+        return same
+    if signature is not None:
+        # Not committed yet, so any signature present is from a crashed attempt: replace it.
+        store.put_bytes(sig_key, signature)
+    try:
+        store.put_bytes(manifest_key, manifest, if_none_match=True)
+    except AlreadyExists:
+        existing = _read_or_none(store, manifest_key)
+        same = existing == manifest
+        if not same:
+            log.warning(
+                "commit_lost", tag="certified", run_id=run_id, reason="different manifest won"
+            )
+        return same
+    log.info("committed", tag="certified", run_id=run_id, manifest=manifest_key)
+    return True
+
+
+def _read_or_none(store: Store, key: str) -> bytes | None:
+    try:
+        return store.get_bytes(key)
+    except FileNotFoundError:
+        return None
+
+
+def is_committed(store: Store, run_id: str) -> bool:
+    """True once the run's MANIFEST.json exists."""
+    return store.head(artifacts.run_prefix(run_id) + artifacts.MANIFEST_NAME) is not None
+
+
+def promote_run(store: Store, run_id: str) -> None:
+    """Copy a committed run's adapters and weights to the latest paths, then write CURRENT.
+
+    Server-side copies (nothing passes through this process on S3); objects already equal
+    are skipped, so a promotion interrupted by a crash is finished by calling it again.
+
+    Raises:
+        InputError: the run has no MANIFEST.json (uncommitted runs are never promoted).
+    """
+    if not is_committed(store, run_id):
+        raise InputError(
+            f"run {run_id} has no {artifacts.MANIFEST_NAME} in {store.uri}; not promoting"
+        )
+    prefix = artifacts.run_prefix(run_id)
+    copied = 0
+    for sub in ("lora_adapters/", "weights/"):
+        for info in store.list(prefix + sub):
+            rel = info.key.removeprefix(prefix)
+            store.copy(info.key, f"{artifacts.LATEST_DIR}/{rel}")
+            copied += 1
+    store.put_bytes(artifacts.CURRENT_KEY, f"{prefix.rstrip('/')}\n".encode())
+    log.info("promoted", tag="certified", run_id=run_id, objects=copied, current=prefix)
+
+
+def read_current(store: Store) -> str | None:
+    """Run id named by ``OneSeek-7B-Zero-CURRENT.txt``, or None if nothing was promoted."""
+    data = _read_or_none(store, artifacts.CURRENT_KEY)
+    if data is None:
+        return None
+    path = data.decode("utf-8", errors="replace").strip().strip("/")
+    return path.rsplit("/", 1)[-1] or None

@@ -23,7 +23,15 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["FaultProxy", "S3Identity", "SeaweedServer", "find_weed", "free_port"]
+__all__ = [
+    "FaultProxy",
+    "S3Identity",
+    "SeaweedServer",
+    "fault_proxy",
+    "find_weed",
+    "free_port",
+    "wait_http",
+]
 
 
 def free_port() -> int:
@@ -125,7 +133,10 @@ class SeaweedServer:
             f"-s3.config={config}",
             # Buckets must be created explicitly, as on a real S3 (tests the missing-bucket path).
             "-s3.autoCreateBucket=false",
-            "-master.volumeSizeLimitMB=1024",
+            # The default -volume.max=8 runs out after two buckets (each bucket is a collection
+            # that grows several volumes at once): allow many small, sparse volumes.
+            "-volume.max=300",
+            "-master.volumeSizeLimitMB=256",
         ]
         log = (self.workdir / "weed.log").open("wb")
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
@@ -135,8 +146,6 @@ class SeaweedServer:
 
     def _wait_ready(self) -> None:
         # Ready = S3 answers and a bucket can be created and written (volumes allocated).
-        import boto3
-
         deadline = time.monotonic() + self.startup_timeout
         client = self.client()
         last: Exception | None = None
@@ -147,10 +156,9 @@ class SeaweedServer:
                 client.create_bucket(Bucket="oneseek-readiness")
                 client.put_object(Bucket="oneseek-readiness", Key="ping", Body=b"ok")
                 return
-            except Exception as error:  # noqa: BLE001 - any failure means "not yet"
+            except Exception as error:
                 last = error
                 time.sleep(0.3)
-        del boto3
         self.stop()
         raise RuntimeError(f"SeaweedFS not ready in {self.startup_timeout}s: {last}")
 
@@ -185,7 +193,8 @@ class SeaweedServer:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=10)
+                # weed can take long to drain on SIGTERM; the data is thrown away anyway.
+                self._proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(timeout=10)
@@ -210,8 +219,11 @@ class FaultProxy:
       tries to send more (a network cut mid-upload, lasting until the mode changes).
     - ``hang``: forward ``budget`` more bytes, then stop forwarding and hold connections
       open (a stalled peer; the client is killed or times out).
-    - ``error``: answer every new request with an HTTP ``status`` and close, without
-      reaching the server (an overloaded or failing gateway).
+    - ``error``: answer new connections with an HTTP ``status`` and close, without reaching
+      the server (an overloaded or failing gateway); after ``count`` errors (if given) it
+      switches back to ``pass``.
+    - ``corrupt``: forward everything but flip one bit of the byte at offset ``budget``
+      (data damaged in transit).
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -225,6 +237,7 @@ class FaultProxy:
         self._mode = "pass"
         self._budget = 0
         self._status = 503
+        self._errors_left: int | None = None
         self.forwarded = 0  # client → server bytes forwarded since the last set_mode
         self.errors_returned = 0
         self.connections = 0
@@ -238,15 +251,16 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def set_mode(self, mode: str, *, budget: int = 0, status: int = 503) -> None:
-        if mode not in {"pass", "cut", "hang", "error"}:
+    def set_mode(
+        self, mode: str, *, budget: int = 0, status: int = 503, count: int | None = None
+    ) -> None:
+        if mode not in {"pass", "cut", "hang", "error", "corrupt"}:
             raise ValueError(mode)
         with self._lock:
             self._mode, self._budget, self._status = mode, budget, status
+            self._errors_left = count
             self.forwarded = 0
             self.held.clear()
-        if mode == "pass":
-            return
 
     def drop_all(self) -> None:
         """Close every open connection (e.g. to release a hang)."""
@@ -274,6 +288,10 @@ class FaultProxy:
                 self.connections += 1
                 mode, status = self._mode, self._status
                 self._sockets.add(client)
+                if mode == "error" and self._errors_left is not None:
+                    self._errors_left -= 1
+                    if self._errors_left <= 0:
+                        self._mode = "pass"
             if mode == "error":
                 threading.Thread(
                     target=self._answer_error, args=(client, status), daemon=True
@@ -312,11 +330,13 @@ class FaultProxy:
                     break
                 with self._lock:
                     mode = self._mode
+                    rest = b""
                     if mode in {"cut", "hang"}:
                         allowed = max(0, self._budget - self.forwarded)
                         data, rest = data[:allowed], data[allowed:]
-                    else:
-                        rest = b""
+                    elif mode == "corrupt" and 0 <= self._budget - self.forwarded < len(data):
+                        at = self._budget - self.forwarded
+                        data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
                     self.forwarded += len(data)
                 if data:
                     dst.sendall(data)
@@ -372,7 +392,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback test URL
+            urllib.request.urlopen(url, timeout=2)
             return
         except urllib.error.HTTPError:
             return

@@ -1,0 +1,128 @@
+"""Shared checks for rendered Kubernetes manifests (chart and kustomize tests).
+
+``restricted_violations`` implements the "restricted" Pod Security Standard (which includes
+"baseline") as the API server's PodSecurity admission checks it, plus two house rules of
+this project: a read-only root filesystem and a writable /tmp emptyDir.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+__all__ = [
+    "KUBE_VERSION",
+    "load_docs",
+    "pod_spec",
+    "restricted_violations",
+    "validate_strict",
+]
+
+# The newest schema kubernetes-validate ships: validate against what clusters run next.
+KUBE_VERSION = kubernetes_validate.latest_version()
+
+# Volume types the restricted profile allows.
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+BASELINE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+}
+
+
+def load_docs(text: str) -> list[dict[str, Any]]:
+    """Parse a multi-document YAML stream, dropping empty documents."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def validate_strict(obj: dict[str, Any]) -> None:
+    """Validate one object against the newest Kubernetes schema, unknown fields rejected."""
+    kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod spec of a Pod, or of a workload's pod template; None for other kinds."""
+    if obj["kind"] == "Pod":
+        spec: dict[str, Any] = obj["spec"]
+        return spec
+    template = obj.get("spec", {}).get("template")
+    if obj["kind"] in {"Job", "Deployment", "StatefulSet", "DaemonSet"} and template:
+        spec = template["spec"]
+        return spec
+    return None
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """Every way ``spec`` breaks the restricted Pod Security Standard (empty = compliant)."""
+    problems: list[str] = []
+    pod_sc = spec.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            problems.append(f"{flag} is set")
+    for sysctl in pod_sc.get("sysctls") or []:
+        if sysctl.get("name") not in BASELINE_SYSCTLS:
+            problems.append(f"sysctl {sysctl.get('name')} is not allowed")
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']} uses {sorted(kinds - RESTRICTED_VOLUMES)}")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    pod_non_root = pod_sc.get("runAsNonRoot")
+    if pod_sc.get("runAsUser") == 0:
+        problems.append("pod runAsUser is 0")
+    if pod_sc.get("windowsOptions", {}).get("hostProcess"):
+        problems.append("pod is a Windows hostProcess")
+    containers = (
+        list(spec.get("initContainers") or [])
+        + list(spec.get("containers") or [])
+        + list(spec.get("ephemeralContainers") or [])
+    )
+    for container in containers:
+        name = container["name"]
+        sc = container.get("securityContext") or {}
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{name}: capabilities must drop ALL")
+        extra = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
+        if extra:
+            problems.append(f"{name}: adds capabilities {sorted(extra)}")
+        non_root = sc.get("runAsNonRoot", pod_non_root)
+        if non_root is not True:
+            problems.append(f"{name}: runAsNonRoot must be true")
+        if sc.get("runAsUser") == 0:
+            problems.append(f"{name}: runAsUser is 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type", pod_seccomp)
+        if seccomp not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+        for port in container.get("ports") or []:
+            if port.get("hostPort"):
+                problems.append(f"{name}: hostPort {port['hostPort']}")
+        if sc.get("procMount", "Default") != "Default":
+            problems.append(f"{name}: procMount {sc['procMount']}")
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            problems.append(f"{name}: AppArmor unconfined")
+        # House rules beyond PSS: immutable image filesystem, scratch on an emptyDir.
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: readOnlyRootFilesystem must be true")
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+        empty_dirs = {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
+        if mounts.get("/tmp") not in empty_dirs:
+            problems.append(f"{name}: /tmp must be an emptyDir mount")
+    return problems
