@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oneseek_job.errors import InputError, ResolutionError
+from oneseek_job.errors import ConfigError, InputError, ResolutionError
 from oneseek_job.logs import get_logger
 
 __all__ = [
     "BASE_MODELS_SUBDIR",
     "DEFAULT_MODEL_KEY",
     "EXCLUDED_DIRS",
+    "MAX_BASE_MODELS",
     "DiscoveryReport",
     "ModelInfo",
     "Resolution",
@@ -60,7 +61,13 @@ SAFE_WEIGHT_SUFFIXES = (".safetensors",)
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pth", ".pt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 MAX_NAME_LENGTH = 200
+# A Job trains its models one after another: hundreds of names are a broken ConfigMap, not a plan.
+MAX_BASE_MODELS = 64
+# Problems shown in the one-line error; the rest are counted.
+_SHOWN_PROBLEMS = 5
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
+# Never part of a model name; "mistral;rm -rf" must not substring-match "mistral".
+_SHELL_CHARS = frozenset(";&|`$<>(){}*?!\"'")
 
 
 def normalize_model_name(name: str) -> str:
@@ -369,10 +376,15 @@ def _check_name(name: str) -> str | None:
         return f"{name[:40]!r}… is longer than {MAX_NAME_LENGTH} characters"
     if any(ord(ch) < 32 for ch in name):
         return f"{name!r} contains control characters"
+    if _SHELL_CHARS.intersection(name):
+        return (
+            f"{name!r} contains shell or quoting characters "
+            f"({''.join(sorted(_SHELL_CHARS.intersection(name)))}); model names never do"
+        )
     if "/" in name or "\\" in name or ".." in name or name.startswith("~"):
         return f"{name!r} is a path, not a model name; models are only looked up inside MODELS_DIR"
     if not normalize_model_name(name):
-        return f"{name!r} has no letters or digits"
+        return f"{name!r} has no ASCII letters or digits"
     return None
 
 
@@ -406,6 +418,7 @@ def resolve_base_models(requested: list[str], report: DiscoveryReport) -> list[R
 
     Raises:
         ResolutionError: a name is empty, a path, ambiguous or unknown (all problems in one line).
+        ConfigError: more than ``MAX_BASE_MODELS`` names (a broken ConfigMap).
         InputError: a name matches a model directory that cannot be used.
     """
     names = [n.strip() for n in requested if n.strip()]
@@ -413,6 +426,11 @@ def resolve_base_models(requested: list[str], report: DiscoveryReport) -> list[R
         raise ResolutionError(
             "BASE_MODELS is empty: set it to comma-separated model names, e.g. "
             "'KB-Llama-3.1-8B-Swedish'" + _available(report)
+        )
+    if len(names) > MAX_BASE_MODELS:
+        raise ConfigError(
+            f"BASE_MODELS has {len(names)} names (first: {', '.join(names[:3])[:120]}…); "
+            f"at most {MAX_BASE_MODELS} are allowed, check the ConfigMap"
         )
     problems: list[str] = []
     unusable: list[str] = []
@@ -454,7 +472,13 @@ def resolve_base_models(requested: list[str], report: DiscoveryReport) -> list[R
     if unusable and not problems:
         raise InputError("; ".join(unusable))
     if problems or unusable:
-        raise ResolutionError("BASE_MODELS: " + "; ".join(problems + unusable))
+        everything = problems + unusable
+        more = len(everything) - _SHOWN_PROBLEMS
+        raise ResolutionError(
+            "BASE_MODELS: "
+            + "; ".join(everything[:_SHOWN_PROBLEMS])
+            + (f" (and {more} more)" if more > 0 else "")
+        )
     for resolution in merged.values():
         log.info(
             "resolved",

@@ -21,7 +21,10 @@ __all__ = ["bind", "configure_logging", "get_logger", "redact_text", "register_s
 # Values that must never reach a log line, whatever key they hide under.
 _SECRET_VALUES: set[str] = set()
 _SECRET_KEYS = re.compile(
-    r"(secret|password|passwd|token|credential|private|signing_key|access_key|session_key|auth)",
+    # "token" only as a credential word: train_tokens / tokens_per_second / tokenizer are metrics
+    # and paths, and redacting them hid the numbers operators watch.
+    r"(secret|password|passwd|token(?!s|izer)|credential|private|signing_key|access_key"
+    r"|session_key|auth)",
     re.IGNORECASE,
 )
 _SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (

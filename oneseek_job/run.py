@@ -114,9 +114,10 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         except JobError as error:
             if error.exit_code == EXIT_PREEMPTED:  # stop now, the retry resumes
                 raise
-            log.error("model_failed", tag="training", model=resolution.key, error=str(error))
-            reporter.failed(f"{resolution.key}: {error}")
-            failures.append(error)
+            failures.append(_model_failed(reporter, resolution.key, error))
+        except Exception as error:  # one broken model must not cost the others their run
+            wrapped = JobError(f"{resolution.key}: {type(error).__name__}: {error}")
+            failures.append(_model_failed(reporter, resolution.key, wrapped))
         finally:
             bind(model=None)
     if failures:
@@ -135,6 +136,12 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         log.info("waiting_for_models", tag="mode", missing=missing)
         return
     _certify(settings, store, reporter, expected=[r.key for r in resolutions])
+
+
+def _model_failed(reporter: Reporter, key: str, error: JobError) -> JobError:
+    log.error("model_failed", tag="training", model=key, error=str(error))
+    reporter.failed(f"{key}: {error}")
+    return error
 
 
 def _select(resolutions: list[Resolution], index: int | None) -> list[Resolution]:

@@ -22,6 +22,7 @@ and weights to the latest paths and writes CURRENT last.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import ipaddress
 import os
@@ -50,6 +51,7 @@ __all__ = [
     "PutResult",
     "S3Store",
     "Store",
+    "check_writable",
     "commit_run",
     "is_committed",
     "open_store",
@@ -854,6 +856,30 @@ def open_store(
     return store
 
 
+def check_writable(store: Store) -> None:
+    """Fail before training when a local artifacts directory cannot be written.
+
+    S3 stores are already checked for reachability, credentials and the bucket by
+    :func:`open_store`; a local directory (a read-only volume, a path under a file) would
+    otherwise only fail at upload time, after the GPU hours are spent.
+
+    Raises:
+        ConfigError: the directory cannot be created or written (retrying cannot help).
+    """
+    if not isinstance(store, LocalStore):
+        return
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        probe = store.root / f".write-probe{_TMP_MARK}{secrets.token_hex(6)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"ARTIFACTS_URI {store.uri} is not writable ({error.strerror or error}); "
+            "mount the artifacts volume read-write or point ARTIFACTS_URI elsewhere"
+        ) from None
+
+
 def store_from_settings(settings: JobSettings) -> Store:
     """:func:`open_store` with ARTIFACTS_URI, S3_ENDPOINT_URL, AWS_* and --create-bucket."""
     key_id = settings.aws_access_key_id
@@ -1008,7 +1034,9 @@ def upload_tree(
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(one, files))
+        # Each task runs in a copy of this thread's context, so run_id/model stay bound.
+        futures = [pool.submit(contextvars.copy_context().run, one, f) for f in files]
+        results = [future.result() for future in futures]
     sent = sum(r.info.size for r in results if not r.skipped)
     elapsed = time.perf_counter() - started
     log.info(

@@ -30,6 +30,7 @@ import struct
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -364,7 +365,11 @@ def _load_tokenizer(model_path: Path) -> Any:
 def _load_model(model_path: Path, device: torch.device, *, allow_pickle: bool = False) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # Pod logs are JSON lines: no tqdm bars, no library deprecation chatter.
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -506,11 +511,34 @@ def _save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
 
     target = checkpoint_dir / f"{_CKPT_PREFIX}{step:08d}"
-    _atomic_dir(target, write)
+    try:
+        _atomic_dir(target, write)
+    except _write_errors() as error:
+        # ENOSPC / EFBIG / EROFS: a retry on the same volume fails the same way, so exit 2.
+        # The previous checkpoints are untouched (the new one was still under a temp name).
+        shutil.rmtree(checkpoint_dir / f".tmp-{target.name}-{os.getpid()}", ignore_errors=True)
+        raise InputError(
+            f"cannot write checkpoint {target}: {_write_error_text(error)}; free space or "
+            "point CHECKPOINT_DIR at a larger, writable volume"
+        ) from None
     for old in _checkpoints(checkpoint_dir)[_KEEP_CHECKPOINTS:]:
         shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint_saved", tag="training", step=step, path=str(target))
     return target
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    # torch.save reports a failed write (ENOSPC, EFBIG) as RuntimeError and safetensors as
+    # SafetensorError (not an OSError); inside a checkpoint write both are I/O failures.
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
+def _write_error_text(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return " ".join(str(error).split())[:160] or type(error).__name__
 
 
 def _checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -654,12 +682,42 @@ def _write_outputs(
     checkpoint_dir: Path,
     outcome_fields: dict[str, Any],
 ) -> None:
+    try:
+        _write_outputs_unchecked(
+            model, tokenizer, adapter_dir, weights_path, checkpoint_dir, outcome_fields
+        )
+    except _write_errors() as error:
+        raise InputError(
+            f"cannot write the trained adapter under {adapter_dir.parent.parent} or "
+            f"{checkpoint_dir}: {_write_error_text(error)}; free space or point "
+            "ONESEEK_WORK_DIR / CHECKPOINT_DIR at a larger, writable volume"
+        ) from None
+
+
+def _sort_target_modules(config_path: Path) -> None:
+    # peft keeps target_modules as a set and writes it in hash order, so two identical runs
+    # would publish different adapter_config.json bytes; sorted, the artifact is reproducible.
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _write_outputs_unchecked(
+    model: Any,
+    tokenizer: Any,
+    adapter_dir: Path,
+    weights_path: Path,
+    checkpoint_dir: Path,
+    outcome_fields: dict[str, Any],
+) -> None:
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     adapter_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(adapter_dir, safe_serialization=True)
+    _sort_target_modules(adapter_dir / "adapter_config.json")
     tokenizer.save_pretrained(adapter_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -706,6 +764,7 @@ def train_model(
     checkpoint_dir: Path,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     device: str | None = None,
+    allow_pickle: bool = False,
 ) -> TrainOutcome:
     """Train, evaluate and save one LoRA adapter, resuming from ``checkpoint_dir``.
 
@@ -720,6 +779,7 @@ def train_model(
         checkpoint_dir: this model's resumable state (one directory per model).
         on_progress: called on rank 0 every ``train.log_every`` steps with a metrics dict.
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
+        allow_pickle: load pickle-only (``.bin``) base weights (``--allow-pickle``).
 
     Raises:
         InputError: unusable model, tokenizer, dataset, architecture, disk or GPU memory.
@@ -740,7 +800,16 @@ def train_model(
     # 1) pre-flight: everything that can fail cheaply fails before weights are loaded
     if not (model_path / "config.json").is_file():
         raise InputError(f"base model {model_path} has no config.json")
-    config = AutoConfig.from_pretrained(model_path, local_files_only=True, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(
+            model_path, local_files_only=True, trust_remote_code=False
+        )
+    except Exception as error:  # transformers raises ValueError or its own validation errors
+        detail = " ".join(str(error).split())[:200]
+        raise InputError(
+            f"{model_path / 'config.json'} is not a valid model config "
+            f"({type(error).__name__}: {detail}); fix it or remove the model from BASE_MODELS"
+        ) from None
     targets = _target_modules(str(config.model_type), lora)
     tokenizer = _load_tokenizer(model_path)
     data = prepare_data(
@@ -758,7 +827,7 @@ def train_model(
     # 2) model: base weights, then LoRA (seeded so every rank starts identical)
     torch.manual_seed(train.seed)
     random.seed(train.seed)
-    model = _load_model(model_path, dev)
+    model = _load_model(model_path, dev, allow_pickle=allow_pickle)
     model.config.use_cache = False
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
