@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from oneseek_job.discovery import DiscoveryReport, Resolution
@@ -71,7 +72,8 @@ def print_discovery(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Off a TTY (kubectl logs, CI) nothing should be cut to 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 220)
     table = Table(title=f"Base models in {report.models_dir}")
     for column in ("key", "display name", "architecture", "params", "size", "format", "path"):
         table.add_column(column)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -424,7 +425,6 @@ def verify_job(
 
 
 def _print_verdict(run_id: str, report: Any, *, as_json: bool) -> None:
-    import sys
 
     if as_json:
         document = {
@@ -443,4 +443,4 @@ def _print_verdict(run_id: str, report: Any, *, as_json: bool) -> None:
     table.add_column("detail")
     for check in report.checks:
         table.add_row(check.name, "ok" if check.ok else "FAIL", check.detail)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
