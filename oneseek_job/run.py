@@ -13,7 +13,7 @@ import json
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -107,11 +107,19 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
 
     # 2. One model at a time; a failure keeps the others' artifacts and markers.
     failures: list[JobError] = []
+    index = settings.job_completion_index
+    live = _LiveMetrics(
+        path=settings.work_dir / settings.run_id / "live_metrics.json",
+        store=store,
+        store_key=f"{artifacts.run_prefix(settings.run_id)}.live/"
+        f"{'all' if index is None else f'index-{index}'}.json",
+        keys=[r.key for r in selected],
+    )
     for resolution in selected:
         bind(model=resolution.key)
         try:
             position = resolutions.index(resolution)
-            _train_and_upload(settings, store, resolution, position, records, reporter)
+            _train_and_upload(settings, store, resolution, position, records, reporter, live)
         except JobError as error:
             if error.exit_code == EXIT_PREEMPTED:  # stop now, the retry resumes
                 raise
@@ -158,35 +166,35 @@ def _select(resolutions: list[Resolution], index: int | None) -> list[Resolution
 
 @dataclass
 class _LiveMetrics:
-    """Writes live_metrics.json locally on every report, to the store at most every minute."""
+    """live_metrics.json of the models this process trains: rewritten locally on every
+    report, uploaded to the run's hidden ``.live/`` area at most every minute."""
 
     path: Path
-    store: Store | None
+    store: Store
     store_key: str
-    key: str
+    keys: list[str]
+    model: str = ""
+    val_losses: dict[str, float | None] = field(default_factory=dict)
     last_upload: float = 0.0
 
     def __call__(self, progress: dict[str, Any]) -> None:
-        document = {
-            "type": "live_metrics",
-            "epoch": progress.get("epoch"),
-            "total_epochs": progress.get("total_epochs"),
-            "step": progress.get("step"),
-            "total_steps": progress.get("total_steps"),
-            "val_losses": {self.key: progress.get("val_loss")},
-            "weights": {self.key: 1.0},
-            "total_loss": progress.get("loss"),
-            "progress_percent": round(
-                100.0 * progress.get("step", 0) / max(progress.get("total_steps") or 1, 1), 1
-            ),
-            "timestamp": _now(),
-        }
-        data = json.dumps(document, indent=2).encode()
+        if progress.get("val_loss") is not None:
+            self.val_losses[self.model] = progress["val_loss"]
+        data = artifacts.live_metrics(
+            epoch=progress.get("epoch"),
+            total_epochs=progress.get("total_epochs"),
+            step=progress.get("step"),
+            total_steps=progress.get("total_steps"),
+            val_losses={key: self.val_losses.get(key) for key in self.keys},
+            weights={key: 1.0 / len(self.keys) for key in self.keys},
+            total_loss=progress.get("loss"),
+            timestamp=_now(),
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(data)
         tmp.replace(self.path)
-        if self.store is not None and time.monotonic() - self.last_upload >= LIVE_UPLOAD_INTERVAL_S:
+        if time.monotonic() - self.last_upload >= LIVE_UPLOAD_INTERVAL_S:
             self.last_upload = time.monotonic()
             try:
                 self.store.put_bytes(self.store_key, data)
@@ -201,6 +209,7 @@ def _train_and_upload(
     position: int,
     records: list[Record],
     reporter: Reporter,
+    live: _LiveMetrics,
 ) -> None:
     from oneseek_job.provenance import hash_model_inputs_async, sha256_file
     from oneseek_job.storage import upload_tree
@@ -216,8 +225,8 @@ def _train_and_upload(
     staging = settings.work_dir / settings.run_id / "staging" / key
     adapter_dir = staging / "lora_adapters" / artifacts.adapter_dir_name(key)
     weights_path = staging / "weights" / artifacts.weights_file_name(settings.model_version, key)
-    live_key = f"{artifacts.run_prefix(settings.run_id)}.live/{key}.json"
     started = _now()
+    live.model = key
     outcome = train_model(
         key=key,
         model_path=model.path,
@@ -227,9 +236,7 @@ def _train_and_upload(
         adapter_dir=adapter_dir,
         weights_path=weights_path,
         checkpoint_dir=settings.checkpoint_root / settings.run_id / key,
-        on_progress=_LiveMetrics(
-            settings.work_dir / settings.run_id / "live_metrics.json", store, live_key, key
-        ),
+        on_progress=live,
     )
     if not is_main_process():
         return
