@@ -399,7 +399,8 @@ def _fail(message: str, code: int) -> None:
     from oneseek_job.logs import redact_text
 
     if os.environ.get("ONESEEK_DEBUG"):
-        traceback.print_exc()
+        # Exceptions can carry request details; the traceback passes the redactor too.
+        sys.stderr.write(redact_text(traceback.format_exc()))
     line = redact_text(" ".join(message.split()))
     typer.echo(f"error: {line}", err=True)
     sys.exit(code)

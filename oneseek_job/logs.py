@@ -126,9 +126,19 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     # Third-party stdlib loggers (botocore, urllib3, transformers) stay quiet unless debugging.
+    # Their lines bypass structlog, and botocore's DEBUG output carries the Authorization
+    # header (the access key id), so they are redacted too.
+    handler = logging.StreamHandler()
+    handler.setFormatter(_RedactingFormatter())
     logging.basicConfig(
-        level=logging.WARNING if not os.environ.get("ONESEEK_DEBUG") else logging.DEBUG
+        level=logging.WARNING if not os.environ.get("ONESEEK_DEBUG") else logging.DEBUG,
+        handlers=[handler],
     )
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def bind(**values: Any) -> None:

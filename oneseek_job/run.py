@@ -83,7 +83,13 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     if settings.dataset is None:
         raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
     report = discover(settings.models_dir, allow_pickle=settings.allow_pickle)
-    log.info("config", tag="config", base_models=settings.base_models)
+    # Bounded: BASE_MODELS comes from a ConfigMap and may be arbitrarily long.
+    log.info(
+        "config",
+        tag="config",
+        base_models=settings.base_models[:20],
+        count=len(settings.base_models),
+    )
     resolutions = resolve_base_models(settings.base_models, report)
     selected = _select(resolutions, settings.job_completion_index)
     log.info(
@@ -98,7 +104,9 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
 
     records = load_records(settings.dataset, skip_bad_records=settings.train.skip_bad_records)
     store = store_from_settings(settings)
-    from oneseek_job.storage import is_committed
+    from oneseek_job.storage import check_writable, is_committed
+
+    check_writable(store)  # a read-only artifacts volume fails now, not after training
 
     if is_committed(store, settings.run_id):
         log.info("already_certified", tag="certified", run_id=settings.run_id)
@@ -130,6 +138,8 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         finally:
             bind(model=None)
     if failures:
+        if len(selected) == 1:
+            raise failures[0]
         raise type(failures[0])(
             f"{len(failures)} of {len(selected)} model(s) failed, the others are uploaded; "
             f"first failure: {failures[0]}"
@@ -236,6 +246,7 @@ def _train_and_upload(
         adapter_dir=adapter_dir,
         weights_path=weights_path,
         checkpoint_dir=settings.checkpoint_root / settings.run_id / key,
+        allow_pickle=settings.allow_pickle,
         on_progress=live,
     )
     if not is_main_process():

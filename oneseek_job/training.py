@@ -132,8 +132,10 @@ def install_preemption_handler() -> PreemptionFlag:
     if not _HANDLER_INSTALLED and threading.current_thread() is threading.main_thread():
 
         def _on_sigterm(signum: int, _frame: Any) -> None:
+            # Only set the flag: the handler runs between bytecodes of the main thread, which
+            # may be inside a log write holding structlog's (non-reentrant) stream lock, so
+            # logging here deadlocked the process. The loop logs when it sees the flag.
             _FLAG.set()
-            log.warning("preemption_requested", tag="training", signal=signum)
 
         signal.signal(signal.SIGTERM, _on_sigterm)
         _HANDLER_INSTALLED = True
@@ -965,6 +967,7 @@ def train_model(
                 window_loss += loss_sum.detach()
                 window_tokens += float(counts[idx].sum())
             if stop:
+                log.warning("preemption_requested", tag="training", model=key, step=step)
                 optimizer.zero_grad(set_to_none=True)
                 if ctx.main:
                     _save_checkpoint(
