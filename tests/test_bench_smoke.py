@@ -16,8 +16,9 @@ from bench import common, discovery, startup, train_throughput  # noqa: E402
 
 
 def test_discovery_bench_finds_every_model_and_resolves_each_request(tmp_path: Path) -> None:
-    result = discovery.main(["--models", "40", "--repeats", "1", "--no-cli",
-                             "--results-dir", str(tmp_path)])
+    result = discovery.main(
+        ["--models", "40", "--repeats", "1", "--no-cli", "--results-dir", str(tmp_path)]
+    )
     assert result["found"] == {"usable": 40, "unusable": 2}
     assert len(result["requests"]) == 4 and len(set(result["requests"].values())) == 4
     written = json.loads((tmp_path / "discovery.json").read_text())
@@ -47,8 +48,9 @@ def test_train_throughput_quick_runs_all_three_sides(tmp_path: Path) -> None:
         assert run["fed_tokens"] >= run["real_tokens"]
     # Packing feeds (almost) no padding; per-batch padding of variable-length records does.
     assert runs["ours"]["padding_fraction"] < runs["hf_default"]["padding_fraction"]
-    assert {g["metric"] for g in result["goals"]} >= {
-        "real tokens/s ours÷hf_default (cpu)", "real tokens/s ours÷hf_grouped (cpu)"
+    assert {g.metric for g in result["goals"]} >= {
+        "real tokens/s ours÷hf_default (cpu)",
+        "real tokens/s ours÷hf_grouped (cpu)",
     }
     assert (tmp_path / "train_throughput_quick.json").is_file()
 
