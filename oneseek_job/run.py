@@ -100,14 +100,11 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         indexed=settings.job_completion_index is not None,
     )
     from oneseek_job.data import load_records
-    from oneseek_job.storage import store_from_settings
+    from oneseek_job.storage import check_writable, is_committed, store_from_settings
 
     records = load_records(settings.dataset, skip_bad_records=settings.train.skip_bad_records)
     store = store_from_settings(settings)
-    from oneseek_job.storage import check_writable, is_committed
-
     check_writable(store)  # a read-only artifacts volume fails now, not after training
-
     if is_committed(store, settings.run_id):
         log.info("already_certified", tag="certified", run_id=settings.run_id)
         return
