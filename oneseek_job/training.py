@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from oneseek_job.attention import register_packed_attention
 from oneseek_job.config import LoraSettings, TrainSettings
 from oneseek_job.data import IGNORE_INDEX, Blocks, PackedData, Record, prepare_data
 from oneseek_job.errors import InputError, Preempted
@@ -373,11 +374,14 @@ def _load_model(model_path: Path, device: torch.device, *, allow_pickle: bool = 
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # CPU: per-document attention over packed blocks (see attention.py); CUDA: SDPA with the
+    # block-diagonal mask transformers derives from the restarting position_ids.
+    attention = register_packed_attention() if device.type == "cpu" else "sdpa"
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_path,
             dtype=dtype,
-            attn_implementation="sdpa",
+            attn_implementation=attention,
             use_safetensors=not allow_pickle,
             trust_remote_code=False,
             local_files_only=True,
