@@ -607,16 +607,26 @@ def _micro_loss(model: Any, blocks: Blocks, idx: list[int], device: Any, autocas
     import torch
     import torch.nn.functional as F  # noqa: N812
 
+    # The LM head and the fp32 logits only where there is a target (answer tokens by
+    # default): prompt positions cost no vocab-wide matmul. The selection is made on the
+    # host copy, so it costs no device sync.
+    host_targets = blocks.targets[idx]
+    keep = host_targets != IGNORE_INDEX  # (B, T) bool: transformers returns (kept, vocab)
     ids = blocks.input_ids[idx].to(device, non_blocking=True)
     pos = blocks.position_ids[idx].to(device, non_blocking=True)
-    tgt = blocks.targets[idx].to(device, non_blocking=True)
+    tgt = host_targets[keep].to(device, non_blocking=True)
     with autocast():
-        # No attention_mask: transformers derives the block-diagonal causal mask from the
-        # position_ids restarting at 0, so documents packed together never see each other.
-        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        # No attention_mask: documents are told apart by the position_ids restarting at 0
+        # (attention.py on CPU; the block-diagonal mask transformers derives, on CUDA).
+        logits = model(
+            input_ids=ids,
+            position_ids=pos,
+            use_cache=False,
+            logits_to_keep=keep.to(device, non_blocking=True),
+        ).logits
     return F.cross_entropy(
-        logits.float().view(-1, logits.shape[-1]),
-        tgt.view(-1),
+        logits.float().reshape(-1, logits.shape[-1]),
+        tgt.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     ).to(torch.float32)
