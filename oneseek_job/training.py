@@ -690,26 +690,6 @@ class _Reporter:
 # --------------------------------------------------------------------------- final artifacts
 
 
-def _write_outputs(
-    model: Any,
-    tokenizer: Any,
-    adapter_dir: Path,
-    weights_path: Path,
-    checkpoint_dir: Path,
-    outcome_fields: dict[str, Any],
-) -> None:
-    try:
-        _write_outputs_unchecked(
-            model, tokenizer, adapter_dir, weights_path, checkpoint_dir, outcome_fields
-        )
-    except _write_errors() as error:
-        raise InputError(
-            f"cannot write the trained adapter under {adapter_dir.parent.parent} or "
-            f"{checkpoint_dir}: {_write_error_text(error)}; free space or point "
-            "ONESEEK_WORK_DIR / CHECKPOINT_DIR at a larger, writable volume"
-        ) from None
-
-
 def _sort_target_modules(config_path: Path) -> None:
     # peft keeps target_modules as a set and writes it in hash order, so two identical runs
     # would publish different adapter_config.json bytes; sorted, the artifact is reproducible.
@@ -719,7 +699,7 @@ def _sort_target_modules(config_path: Path) -> None:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def _write_outputs_unchecked(
+def _write_outputs(
     model: Any,
     tokenizer: Any,
     adapter_dir: Path,
@@ -731,23 +711,30 @@ def _write_outputs_unchecked(
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    adapter_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    _sort_target_modules(adapter_dir / "adapter_config.json")
-    tokenizer.save_pretrained(adapter_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(weights_path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(weights_path)
 
     def write(final: Path) -> None:
         save_file(state, str(final / "adapter.safetensors"))
         (final / "outcome.json").write_text(json.dumps(outcome_fields, indent=2, sort_keys=True))
 
-    # The final adapter stays in CHECKPOINT_DIR so a retry after a failed upload does not
-    # train again; step checkpoints are no longer needed.
-    _atomic_dir(checkpoint_dir / _FINAL_DIR, write)
+    try:
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        _sort_target_modules(adapter_dir / "adapter_config.json")
+        tokenizer.save_pretrained(adapter_dir)
+        weights_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = weights_path.with_name(weights_path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(weights_path)
+        # The final adapter stays in CHECKPOINT_DIR so a retry after a failed upload does
+        # not train again; step checkpoints are no longer needed.
+        _atomic_dir(checkpoint_dir / _FINAL_DIR, write)
+    except _write_errors() as error:
+        raise InputError(
+            f"cannot write the trained adapter under {adapter_dir.parent.parent} or "
+            f"{checkpoint_dir}: {_write_error_text(error)}; free space or point "
+            "ONESEEK_WORK_DIR / CHECKPOINT_DIR at a larger, writable volume"
+        ) from None
     for old in _checkpoints(checkpoint_dir):
         shutil.rmtree(old, ignore_errors=True)
 
