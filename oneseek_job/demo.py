@@ -29,7 +29,6 @@ the functions that need them, so importing this module (the CLI does) stays chea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -44,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from oneseek_job.digests import sha256_file
 from oneseek_job.errors import ConfigError, InputError, StorageError
 from oneseek_job.logs import get_logger
 
@@ -552,10 +552,6 @@ def _swap_into_place(staging: Path, root: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_demo(root: Path, *, seed: int = 0, force: bool = False) -> DemoWorkspace:
     """Build the demo workspace at ``root`` (models, dataset, demo.env), or reuse it.
 
@@ -621,7 +617,7 @@ def build_demo(root: Path, *, seed: int = 0, force: bool = False) -> DemoWorkspa
                 architecture=model.architecture,
                 parameters=parameters,
                 path=str(workspace.models_dir / model.relative_dir),
-                sha256=_sha256(model_dir / "model.safetensors")[:16],
+                sha256=sha256_file(model_dir / "model.safetensors")[:16],
             )
         _write_env(staging, workspace, seed)
         # The stamp goes in last: a staging dir without it is never mistaken for a build.

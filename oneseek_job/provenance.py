@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from oneseek_job import __version__, artifacts
 from oneseek_job.artifacts import LedgerEntry
+from oneseek_job.digests import sha256_bytes, sha256_file
 from oneseek_job.errors import ConfigError, InputError
 from oneseek_job.logs import register_secret
 
@@ -102,7 +103,6 @@ SIGNATURE_ALGORITHM = "ed25519"
 MANIFEST_FORMAT = "oneseek-manifest/v1"
 # Objects up to this size are read into memory to hash; bigger ones are streamed to a temp file.
 SMALL_OBJECT_BYTES = 16 * 1024 * 1024
-_DEFAULT_CHUNK = 1024 * 1024
 # Files of a model directory that decide what the model computes: config, tokenizer and weights.
 _INPUT_SUFFIXES = (".json", ".safetensors", ".bin", ".pth", ".pt", ".model", ".txt")
 _DNA_RE = re.compile(
@@ -126,31 +126,6 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Lowercase hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = _DEFAULT_CHUNK) -> str:
-    """Lowercase hex SHA-256 of a file, streamed in ``chunk``-byte reads (never whole in memory).
-
-    Args:
-        path: the file.
-        chunk: read size in bytes; hashlib releases the GIL on big updates, so hashing in a
-            background thread overlaps with other work.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    buffer = bytearray(chunk)
-    view = memoryview(buffer)
-    with Path(path).open("rb", buffering=0) as handle:
-        while n := handle.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def model_input_files(model_dir: Path) -> list[Path]:

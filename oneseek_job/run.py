@@ -9,6 +9,7 @@ since every run file is derived from the markers alone).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import sys
@@ -103,6 +104,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     from oneseek_job.storage import check_writable, is_committed, store_from_settings
 
     records = load_records(settings.dataset, skip_bad_records=settings.train.skip_bad_records)
+    dataset = _hash_dataset(settings.dataset)
     store = store_from_settings(settings)
     check_writable(store)  # a read-only artifacts volume fails now, not after training
     if is_committed(store, settings.run_id):
@@ -124,7 +126,9 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         bind(model=resolution.key)
         try:
             position = resolutions.index(resolution)
-            _train_and_upload(settings, store, resolution, position, records, reporter, live)
+            _train_and_upload(
+                settings, store, resolution, position, records, dataset, reporter, live
+            )
         except JobError as error:
             if error.exit_code == EXIT_PREEMPTED:  # stop now, the retry resumes
                 raise
@@ -215,10 +219,11 @@ def _train_and_upload(
     resolution: Resolution,
     position: int,
     records: list[Record],
+    dataset: _Dataset,
     reporter: Reporter,
     live: _LiveMetrics,
 ) -> None:
-    from oneseek_job.provenance import hash_model_inputs_async, sha256_file
+    from oneseek_job.provenance import hash_model_inputs_async
     from oneseek_job.storage import upload_tree
     from oneseek_job.training import is_main_process, train_model
 
@@ -260,7 +265,6 @@ def _train_and_upload(
         )
     uploaded = upload_tree(store, staging, artifacts.run_prefix(settings.run_id))
     prefix = artifacts.run_prefix(settings.run_id)
-    dataset_files = _dataset_files(settings.dataset)
     result = artifacts.ModelResult(
         key=key,
         position=position,
@@ -284,8 +288,8 @@ def _train_and_upload(
             for info in uploaded
         },
         base_model_digests=digests.result(),
-        dataset_sha256=_dataset_digest(dataset_files, sha256_file),
-        dataset_files=[p.name for p in dataset_files],
+        dataset_sha256=dataset.sha256,
+        dataset_files=dataset.names,
         hyperparameters=_hyperparameters(settings),
         host=socket.gethostname(),
         image_digest=settings.image_digest,
@@ -303,24 +307,23 @@ def _train_and_upload(
     reporter.model_trained(key, {"final_val_loss": outcome.final_val_loss, "certified": certified})
 
 
-def _dataset_files(dataset: Path | None) -> list[Path]:
+@dataclass(frozen=True)
+class _Dataset:
+    names: list[str]  # file names, for the DNA's dataset tokens
+    sha256: str  # the file's digest, or over sorted (name, digest) lines for a directory
+
+
+def _hash_dataset(dataset: Path) -> _Dataset:
     from oneseek_job.data import dataset_files
+    from oneseek_job.digests import sha256_file
 
-    if dataset is None:
-        raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
-    return dataset_files(dataset)
-
-
-def _dataset_digest(files: list[Path], sha256_file: Any) -> str:
-    """SHA-256 over the sorted (name, sha256) of every dataset file: one digest for a dir."""
-    import hashlib
-
+    files = sorted(dataset_files(dataset), key=lambda p: p.name)
     if len(files) == 1:
-        return str(sha256_file(files[0]))
+        return _Dataset([files[0].name], sha256_file(files[0]))
     combined = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name):
+    for path in files:
         combined.update(f"{path.name}\0{sha256_file(path)}\n".encode())
-    return combined.hexdigest()
+    return _Dataset([p.name for p in files], combined.hexdigest())
 
 
 def _hyperparameters(settings: JobSettings) -> dict[str, Any]:

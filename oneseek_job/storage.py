@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from oneseek_job import artifacts
+from oneseek_job.digests import sha256_bytes, sha256_file
 from oneseek_job.errors import ConfigError, InputError, StorageError
 from oneseek_job.logs import get_logger, redact_text, register_secret
 
@@ -174,18 +175,6 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_digests(path: Path, part_size: int) -> tuple[str, str]:
     """Whole-file SHA-256 (hex) and the S3 composite checksum for ``part_size`` parts.
 
@@ -287,7 +276,7 @@ class LocalStore:
         """Like :meth:`put_file`, also saying whether the copy was skipped."""
         started = time.perf_counter()
         target = self._path(key)
-        sha = _sha256_file(path)
+        sha = sha256_file(path)
         size = path.stat().st_size
         existing = self.head(key)
         if existing is not None and existing.sha256 == sha:
@@ -311,7 +300,7 @@ class LocalStore:
             self._publish(tmp, target, exclusive=if_none_match)
         except OSError as error:
             raise StorageError(f"cannot write {target}: {error.strerror or error}") from error
-        return ObjectInfo(key, len(data), _sha256_bytes(data))
+        return ObjectInfo(key, len(data), sha256_bytes(data))
 
     def get_bytes(self, key: str) -> bytes:
         """Read a whole object; FileNotFoundError if missing."""
@@ -335,7 +324,7 @@ class LocalStore:
         try:
             if not path.is_file():
                 return None
-            return ObjectInfo(key, path.stat().st_size, _sha256_file(path))
+            return ObjectInfo(key, path.stat().st_size, sha256_file(path))
         except FileNotFoundError:  # removed between the checks
             return None
 
@@ -581,7 +570,7 @@ class S3Store:
             self._verify_multipart(key, size, sha, composite)
         else:
             data = path.read_bytes()
-            if _sha256_bytes(data) != sha:
+            if sha256_bytes(data) != sha:
                 raise StorageError(f"{path} changed while being uploaded; re-run the upload")
             self._put(key, data, sha, if_none_match=False)
         return PutResult(ObjectInfo(key, size, sha), False, time.perf_counter() - started)
@@ -648,7 +637,7 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> ObjectInfo:
         """Write bytes; with ``if_none_match`` raise AlreadyExists if the key exists."""
-        sha = _sha256_bytes(data)
+        sha = sha256_bytes(data)
         self._put(key, data, sha, if_none_match=if_none_match)
         return ObjectInfo(key, len(data), sha)
 
@@ -663,7 +652,7 @@ class S3Store:
                 raise FileNotFoundError(self._where(key)) from None
             raise _translate(error, "read", self._where(key)) from None
         expected = (response.get("Metadata") or {}).get("sha256")
-        if expected and _sha256_bytes(data) != expected:
+        if expected and sha256_bytes(data) != expected:
             raise StorageError(f"{self._where(key)} content does not match its sha256; re-read")
         return data
 
@@ -678,7 +667,7 @@ class S3Store:
         try:
             future = self._transfer_manager().download(self.bucket, self._key(key), str(tmp))
             self._call("download", key, future.result)
-            if _sha256_file(tmp) != info.sha256:
+            if sha256_file(tmp) != info.sha256:
                 raise StorageError(f"{self._where(key)} downloaded content does not match sha256")
             tmp.replace(path)
         finally:
