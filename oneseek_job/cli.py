@@ -12,12 +12,15 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from oneseek_job import __version__
 from oneseek_job.errors import EXIT_FAILED, EXIT_PREEMPTED, JobError
+
+if TYPE_CHECKING:
+    from oneseek_job.config import JobSettings
 
 __all__ = ["app", "main"]
 
@@ -71,7 +74,7 @@ def _setup_logging(*, to_stderr: bool = False) -> None:
     )
 
 
-def _settings(**overrides: Any) -> Any:
+def _settings(**overrides: Any) -> JobSettings:
     from oneseek_job.config import load_settings
     from oneseek_job.logs import bind, register_secret
 
@@ -188,7 +191,7 @@ def train(
     _run_training(_settings(**overrides))
 
 
-def _run_training(settings: Any) -> None:
+def _run_training(settings: JobSettings) -> None:
     """train_job with Kubernetes Events/annotations when in a Job (a no-op reporter outside)."""
     from oneseek_job.kube import JobReporter, KubeContext
     from oneseek_job.run import train_job
