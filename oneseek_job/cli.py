@@ -29,6 +29,7 @@ app = typer.Typer(
     help=(
         "Train one LoRA adapter per base model and publish it with verifiable provenance.\n\n"
         "Typical use (what the Kubernetes Job runs):\n\n"
+        "\b\n"
         "  BASE_MODELS='KB-Llama-3.1-8B-Swedish' MODELS_DIR=/models DATASET=/data/qa.jsonl \\\n"
         "  ARTIFACTS_URI=s3://oneseek/prod oneseek-job train"
     ),
@@ -148,10 +149,13 @@ def train(
 ) -> None:
     """Resolve BASE_MODELS, train one LoRA adapter per model, upload and certify the run.
 
+    Checks every input before the first GPU second (settings, signing key, dataset, every
+    requested model, writable locations, S3 reachability); a bad input exits 2 or 3.
+
     Examples:
 
+    \b
       oneseek-job train --base-models KB-Llama-3.1-8B-Swedish --models-dir /models
-
       JOB_COMPLETION_INDEX=1 RUN_ID=run-abc oneseek-job train   # one model of an Indexed Job
     """
     _setup_logging()
@@ -225,10 +229,13 @@ def discover(
 
     Exits 3 when a requested name is ambiguous or unknown, 2 on bad input.
 
+    Names matched only loosely (separator-free, or a run of whole tokens of one key) are
+    flagged in the resolution table and logged as warnings.
+
     Examples:
 
+    \b
       oneseek-job discover --models-dir ./demo/models --base-models KB-Llama-3.1-8B-Swedish
-
       MODELS_DIR=/models oneseek-job discover --json | jq '.models[].key'
     """
     _setup_logging(to_stderr=True)
@@ -264,6 +271,7 @@ def certify(
 
     Example:
 
+    \b
       oneseek-job certify --run-id run-20251123-001234 --artifacts-uri s3://oneseek/prod
     """
     _setup_logging()
@@ -294,8 +302,8 @@ def verify(
 
     Examples:
 
+    \b
       oneseek-job verify ./demo/artifacts --current --public-key oneseek.pub
-
       oneseek-job verify s3://oneseek/prod --run-id run-20251123-001234 --json
     """
     _setup_logging(to_stderr=True)
@@ -318,11 +326,13 @@ def keygen(
     out_dir: Annotated[Path, typer.Option(help="Directory for the key pair.")] = Path(),
     name: Annotated[str, typer.Option(help="File name stem.")] = "oneseek-signing",
 ) -> None:
-    """Write an ed25519 key pair for signing runs (<name>.key private 0600, <name>.pub).
+    """Write a key pair for signing runs (<name>.key private 0600, <name>.pub).
 
     Example (then store the private key as a Kubernetes Secret):
 
-      oneseek-job keygen --out-dir keys && kubectl create secret generic oneseek-job-signing-key \\
+    \b
+      oneseek-job keygen --out-dir keys
+      kubectl create secret generic oneseek-job-signing-key \\
         --from-file=signing-key.pem=keys/oneseek-signing.key
     """
     _setup_logging(to_stderr=True)
@@ -345,6 +355,7 @@ def demo(
 
     Examples:
 
+    \b
       oneseek-job demo                 # build ./demo
       oneseek-job demo --run           # build, then train every demo model on CPU
     """
@@ -400,11 +411,13 @@ def main() -> None:
 
 def _fail(message: str, code: int) -> None:
     from oneseek_job.logs import redact_text
+    from oneseek_job.report import terminal_safe
 
     if os.environ.get("ONESEEK_DEBUG"):
         # Exceptions can carry request details; the traceback passes the redactor too.
         sys.stderr.write(redact_text(traceback.format_exc()))
-    line = redact_text(" ".join(message.split()))
+    # Names from the volume or the ConfigMap may hold escape sequences: shown, never obeyed.
+    line = terminal_safe(redact_text(" ".join(message.split())))
     typer.echo(f"error: {line}", err=True)
     sys.exit(code)
 

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import Any
 
-from oneseek_job.discovery import DiscoveryReport, Resolution
+from oneseek_job.discovery import EXACT_RULES, DiscoveryReport, Resolution
 from oneseek_job.errors import JobError
 
-__all__ = ["discovery_json", "human_size", "print_discovery"]
+__all__ = ["discovery_json", "human_size", "print_discovery", "terminal_safe"]
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control, format or unassigned character shown as an escape.
+
+    Names come from directory names and config.json on a shared volume: an ESC sequence in
+    one must not repaint the operator's terminal, hide a line or fake a table row.
+    """
+    return "".join(
+        ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" else ascii(ch)[1:-1]
+        for ch in text
+    )
+
+
+def _cell(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(terminal_safe(text))
 
 
 def human_size(size: int | None) -> str:
@@ -57,7 +76,15 @@ def discovery_json(
             {"name": u.name, "path": str(u.path), "reason": u.reason} for u in report.unusable
         ],
         "resolved": [
-            {"requested": list(r.requested), "key": r.key, "how": r.how} for r in resolutions
+            {
+                "requested": list(r.requested),
+                "key": r.key,
+                "how": r.how,
+                "rules": list(r.rules),
+                "exact": r.exact,
+                "loose": r.non_exact(),
+            }
+            for r in resolutions
         ],
         "error": None
         if failure is None
@@ -79,13 +106,13 @@ def print_discovery(
         table.add_column(column)
     for m in report.models.values():
         table.add_row(
-            m.key,
-            m.display_name,
-            m.architecture or m.model_type,
+            _cell(m.key),
+            _cell(m.display_name),
+            _cell(m.architecture or m.model_type),
             _count(m.num_parameters),
             human_size(m.size_bytes),
-            m.weight_format,
-            str(m.path) + (f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""),
+            _cell(m.weight_format),
+            _cell(str(m.path) + (f" (aliases: {', '.join(m.aliases)})" if m.aliases else "")),
         )
     console.print(table)
     if report.unusable:
@@ -93,14 +120,16 @@ def print_discovery(
         bad.add_column("name")
         bad.add_column("reason")
         for u in report.unusable:
-            bad.add_row(u.name, u.reason)
+            bad.add_row(_cell(u.name), _cell(u.reason))
         console.print(bad)
     if resolutions:
         res = Table(title="BASE_MODELS resolution")
         for column in ("requested", "model", "rule"):
             res.add_column(column)
         for r in resolutions:
-            res.add_row(", ".join(r.requested), r.key, r.how)
+            for name, rule in zip(r.requested, r.rules or (r.how,) * len(r.requested), strict=True):
+                loose = "" if rule in EXACT_RULES else " (loose: check it)"
+                res.add_row(_cell(name), _cell(r.key), _cell(rule) + loose)
         console.print(res)
     if failure is not None:
-        console.print(f"[red]resolution failed:[/red] {failure}")
+        console.print(f"[red]resolution failed:[/red] {_cell(str(failure))}")

@@ -74,8 +74,12 @@ def test_discover_json_resolves(models: Path) -> None:
     ]
     assert [(r["key"], r["how"]) for r in document["resolved"]] == [
         ("kb-llama-3-1-8b-swedish", "exact key"),
-        ("mistral-7b-instruct", "substring"),
+        ("mistral-7b-instruct", "token run"),
     ]
+    assert document["resolved"][1]["loose"] == [
+        {"requested": "mistral", "key": "mistral-7b-instruct", "rule": "token run"}
+    ]
+    assert document["resolved"][0]["exact"] is True
 
 
 def test_discover_ambiguous_exits_3_one_line(models: Path) -> None:
@@ -132,3 +136,55 @@ def test_discover_does_not_import_torch(models: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def _example_blocks(command: str) -> list[str]:
+    """The lines of the ``\\b`` (verbatim) paragraphs of a command's docstring."""
+    from oneseek_job.cli import app
+
+    if command == "":
+        doc = app.info.help or ""
+    else:
+        [info] = [
+            c for c in app.registered_commands if c.callback and c.callback.__name__ == command
+        ]
+        assert info.callback is not None
+        doc = info.callback.__doc__ or ""
+    lines: list[str] = []
+    verbatim = False
+    for line in doc.splitlines():
+        if line.strip() == "\b":
+            verbatim = True
+        elif not line.strip():
+            verbatim = False
+        elif verbatim:
+            lines.append(line.strip())
+    return lines
+
+
+@pytest.mark.parametrize(
+    "command", ["", "train", "discover", "certify", "verify", "keygen", "demo"]
+)
+def test_help_prints_examples_as_written(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from oneseek_job.cli import app
+
+    examples = _example_blocks(command)
+    assert examples, f"{command or 'oneseek-job'} --help has no verbatim example block"
+    result = CliRunner().invoke(app, [command, "--help"] if command else ["--help"])
+    assert result.exit_code == 0, result.output
+    printed = [line.strip() for line in result.output.splitlines()]
+    for example in examples:
+        assert example in printed, f"{example!r} re-wrapped in:\n{result.output}"
+
+
+def test_discover_escapes_names_from_the_volume(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_model_dir(root / "evil-model", model_name="Evil\x1b[2J\x1b]0;pwned\x07-Model")
+    write_model_dir(root / "bad\x1b[31mdir", config={"architectures": "x"})
+    result = run_cli("discover", env={"MODELS_DIR": str(root), "BASE_MODELS": "nope\x1b[1m"})
+    assert result.returncode == 3
+    assert "\x1b" not in result.stdout + result.stderr
+    assert "\\x1b[2J" in result.stdout and "bad\\x1b[31mdir" in result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")

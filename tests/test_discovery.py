@@ -95,7 +95,9 @@ def test_discovers_both_layouts(seed_models: Path) -> None:
         ("llama-2", "llama-2-7b"),
         ("mistral", "mistral-7b-instruct"),
         ("Llama-2-7b-hf", "llama-2-7b"),
-        ("mistral-7b-instruct-v0.2", "mistral-7b-instruct"),
+        ("llama-2-7b", "llama-2-7b"),
+        ("instruct", "mistral-7b-instruct"),
+        ("3-1-8b-swedish", "kb-llama-3-1-8b-swedish"),
     ],
 )
 def test_resolution_cases(seed_models: Path, requested: str, key: str) -> None:
@@ -114,7 +116,7 @@ def test_resolution_rule_is_reported(seed_models: Path) -> None:
     }
     assert hows == {
         "kb-llama-3-1-8b-swedish": "exact key",
-        "mistral-7b-instruct": "substring",
+        "mistral-7b-instruct": "token run",
         "llama-2-7b": "display name",
     }
 
@@ -269,3 +271,169 @@ def test_unusable_json_roundtrip(seed_models: Path) -> None:
 
     document = discovery_json(discover(seed_models), [], None)
     assert json.loads(json.dumps(document))["models"][0]["key"] == "kb-llama-3-1-8b-swedish"
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "mistral-7b-instruct-v0.2",  # more specific than anything on the volume
+        "Mistral-7B-Instruct-v3",
+        "llama-2-7b-chat",
+        "m",  # not a whole token
+        "mistr",
+        "7b",  # a size alone never picks a model
+        "2",
+        "llama-7b",  # not a contiguous run
+        "swedish-8b",  # tokens out of order
+    ],
+)
+def test_partial_match_is_whole_tokens_of_one_key_only(seed_models: Path, requested: str) -> None:
+    with pytest.raises(ResolutionError, match=r"matches no model|ambiguous") as info:
+        resolve_base_models([requested], discover(seed_models))
+    assert info.value.exit_code == EXIT_RESOLUTION
+
+
+def test_more_specific_request_says_did_you_mean(tmp_path: Path) -> None:
+    write_model_dir(tmp_path / "m" / "qwen-2-5-7b")
+    report = discover(tmp_path / "m")
+    with pytest.raises(ResolutionError, match=r"did you mean qwen-2-5-7b\?"):
+        resolve_base_models(["Qwen-2.5-7B-Instruct"], report)
+    for name in ("q", "Q", "qw", "qwen-3", "qwen-2-5-7b-instruct", "7b"):
+        with pytest.raises(ResolutionError):
+            resolve_base_models([name], report)
+    assert resolve_base_models(["qwen-2-5-7b-"], report)[0].key == "qwen-2-5-7b"
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "Qwen-2.5-7B\u0430",
+        "Qwen-2.5-7B\u200b",
+        "qwen\u00a02.5-7b",
+        "Qwen-2.5-7B\u00e9",
+        "qwen-2-5-7b\x7f",
+    ],
+)
+def test_characters_normalization_drops_must_match_verbatim(tmp_path: Path, requested: str) -> None:
+    write_model_dir(tmp_path / "m" / "qwen-2-5-7b")
+    with pytest.raises(ResolutionError) as info:
+        resolve_base_models([requested], discover(tmp_path / "m"))
+    assert "qwen-2-5-7b" in str(info.value)
+
+
+def test_non_ascii_display_name_matches_verbatim_only(tmp_path: Path) -> None:
+    write_model_dir(tmp_path / "m" / "svensk-modell", model_name="Svensk-Modell-Åäö")
+    report = discover(tmp_path / "m")
+    [resolution] = resolve_base_models(["Svensk-Modell-Åäö"], report)
+    assert (resolution.key, resolution.how, resolution.exact) == (
+        "svensk-modell",
+        "display name",
+        True,
+    )
+    with pytest.raises(ResolutionError, match="display name exactly"):
+        resolve_base_models(["Svensk-Modell-Aao\u0308"], report)
+
+
+def test_loose_matches_are_recorded_and_warned(seed_models: Path) -> None:
+    from structlog.testing import capture_logs
+
+    report = discover(seed_models)
+    with capture_logs() as logs:
+        resolutions = resolve_base_models(
+            ["mistral", "Mistral-7B-Instruct", "KBLlama3.18BSwedish", "llama-2-7b"], report
+        )
+    by_key = {r.key: r for r in resolutions}
+    assert by_key["mistral-7b-instruct"].rules == ("token run", "exact key")
+    assert by_key["mistral-7b-instruct"].non_exact() == [
+        {"requested": "mistral", "key": "mistral-7b-instruct", "rule": "token run"}
+    ]
+    assert by_key["kb-llama-3-1-8b-swedish"].non_exact()[0]["rule"] == "separator-free"
+    assert by_key["llama-2-7b"].exact and by_key["llama-2-7b"].non_exact() == []
+    warned = {e["key"] for e in logs if e["log_level"] == "warning"}
+    assert warned == {"mistral-7b-instruct", "kb-llama-3-1-8b-swedish"}
+
+
+def test_key_and_display_name_of_different_models_is_ambiguous(tmp_path: Path) -> None:
+    write_model_dir(tmp_path / "m" / "alpha", model_name="beta")
+    write_model_dir(tmp_path / "m" / "beta")
+    with pytest.raises(ResolutionError, match="ambiguous"):
+        resolve_base_models(["beta"], discover(tmp_path / "m"))
+
+
+def _broken_dirs(root: Path) -> dict[str, str]:
+    """One broken directory per way a volume can be broken; name → expected reason."""
+    import os
+
+    cases: dict[str, str] = {}
+
+    def model(name: str, reason: str, **kwargs: object) -> Path:
+        cases[name] = reason
+        return write_model_dir(root / name, **kwargs)  # type: ignore[arg-type]
+
+    model(
+        "arch-string",
+        "'architectures' must be a list",
+        config={"architectures": "LlamaForCausalLM"},
+    )
+    model("arch-int", "'architectures' must be a list", config={"architectures": 5})
+    model("vocab-huge", "vocab_size", config={"vocab_size": 10**12})
+    model("hidden-str", "hidden_size must be an integer", config={"hidden_size": "8"})
+    model("hidden-float", "hidden_size must be an integer", config={"hidden_size": 8.5})
+    model("hidden-bool", "hidden_size must be an integer", config={"hidden_size": True})
+    model("type-list", "no model_type", config={"model_type": ["llama"]})
+    deep = model("deep-config", "nested too deeply")
+    (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    big_int = model("int-digits", "not valid JSON")
+    (big_int / "config.json").write_text(
+        '{"model_type": "llama", "vocab_size": ' + "9" * 5000 + "}"
+    )
+    nested = model("config-dir", "not a regular file")
+    (nested / "config.json").unlink()
+    (nested / "config.json").mkdir()
+    (nested / "config.json" / "config.json").write_text("{}")
+    shapes = model("shape-str", "bad tensor entry")
+    write_safetensors(shapes / "model.safetensors", {"w": [2, 2]})
+    raw = (shapes / "model.safetensors").read_bytes().replace(b"[2, 2]", b'["2",2]')
+    (shapes / "model.safetensors").write_bytes(raw)
+    offsets = model("offsets-lie", "bad tensor entry")
+    raw = (offsets / "model.safetensors").read_bytes().replace(b'"F32"', b'"F64"')
+    (offsets / "model.safetensors").write_bytes(raw)
+    loop = root / "loop-model"
+    loop.symlink_to(loop.name)
+    cases["loop-model"] = "symlink loop"
+    (root / "dangling-model").symlink_to(root / "nowhere")
+    cases["dangling-model"] = "dangling symlink"
+    fifo = model("fifo-weights", "not a regular file")
+    (fifo / "model.safetensors").unlink()
+    os.mkfifo(fifo / "model.safetensors")
+    outside = write_model_dir(root.parent / "outside-files" / "x")
+    linked = model("linked-weights", "symlink to outside MODELS_DIR")
+    (linked / "model.safetensors").unlink()
+    (linked / "model.safetensors").symlink_to(outside / "model.safetensors")
+    linked_tok = model("linked-tokenizer", "symlink to outside MODELS_DIR")
+    (linked_tok / "tokenizer.json").unlink()
+    (linked_tok / "tokenizer.json").symlink_to(outside / "tokenizer.json")
+    if os.geteuid() != 0:
+        locked = model("locked-model", "cannot be listed")
+        locked.chmod(0)
+    return cases
+
+
+def test_one_broken_directory_never_blocks_the_others(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_model_dir(root / "good-model")
+    expected = _broken_dirs(root)
+    try:
+        report = discover(root)
+        assert list(report.models) == ["good-model"]
+        reasons = {u.name: u.reason for u in report.unusable}
+        assert set(reasons) == set(expected), sorted(set(expected) ^ set(reasons))
+        for name, fragment in expected.items():
+            assert fragment in reasons[name], (name, reasons[name])
+        [resolution] = resolve_base_models(["good-model"], report)
+        assert resolution.key == "good-model"
+        with pytest.raises(InputError, match="symlink loop"):
+            resolve_base_models(["loop-model"], report)
+    finally:
+        if (root / "locked-model").exists():
+            (root / "locked-model").chmod(0o755)
