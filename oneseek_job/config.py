@@ -166,6 +166,15 @@ class JobSettings(_Base):
     aws_secret_access_key: SecretStr | None = Field(
         None, validation_alias=_env("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY")
     )
+    # Telemetry (oneseek_job.telemetry): TensorBoard events are published with every run;
+    # Prometheus and MLflow only when asked for.
+    tensorboard: bool = Field(True, validation_alias=_env("tensorboard", "ONESEEK_TENSORBOARD"))
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, validation_alias=_env("metrics_port", "ONESEEK_METRICS_PORT")
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=_env("mlflow_tracking_uri", "MLFLOW_TRACKING_URI")
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
 
@@ -218,6 +227,9 @@ _ENV_NAMES: dict[str, str] = {
     "language": "ONESEEK_LANGUAGE",
     "allow_pickle": "ONESEEK_ALLOW_PICKLE",
     "create_bucket": "ONESEEK_CREATE_BUCKET",
+    "tensorboard": "ONESEEK_TENSORBOARD",
+    "metrics_port": "ONESEEK_METRICS_PORT",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
 }
 
 

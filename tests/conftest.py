@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-pytest_plugins = ["tests.fixtures_s3"]
+pytest_plugins = ["tests.fixtures_s3", "tests.servers_mlflow"]
 
 
 @pytest.fixture(autouse=True)
