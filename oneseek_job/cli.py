@@ -64,15 +64,13 @@ CreateBucketOpt = Annotated[
 
 
 def _setup_logging(*, to_stderr: bool = False) -> None:
+    from oneseek_job.config import check_logging_env
     from oneseek_job.logs import configure_logging
 
-    json_env = os.environ.get("ONESEEK_LOG_FORMAT", "").lower()
-    forced = {"json": True, "console": False}.get(json_env)
-    configure_logging(
-        json=forced,
-        level=os.environ.get("ONESEEK_LOG_LEVEL", "INFO"),
-        stream=sys.stderr if to_stderr else sys.stdout,
+    level, forced = check_logging_env(
+        os.environ.get("ONESEEK_LOG_LEVEL"), os.environ.get("ONESEEK_LOG_FORMAT")
     )
+    configure_logging(json=forced, level=level, stream=sys.stderr if to_stderr else sys.stdout)
 
 
 def _settings(**overrides: Any) -> JobSettings:

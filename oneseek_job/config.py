@@ -11,16 +11,33 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from oneseek_job.errors import ConfigError
 
-__all__ = ["JobSettings", "LoraSettings", "TrainSettings", "default_run_id", "load_settings"]
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MAX_SEED",
+    "JobSettings",
+    "LoraSettings",
+    "TrainSettings",
+    "check_logging_env",
+    "default_run_id",
+    "load_settings",
+]
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+){0,3}$")
+# The data order is seeded with seed * 1_000_003 + epoch, which torch needs below 2**63; the
+# usual 32-bit range keeps every library (numpy included) happy with room to spare.
+MAX_SEED = 2**32 - 1
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "console")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def default_run_id(now: datetime | None = None) -> str:
@@ -40,6 +57,8 @@ class _Base(BaseSettings):
         extra="ignore",
         frozen=True,
         env_ignore_empty=True,
+        # inf / nan parse as floats; no hyper-parameter means anything with them.
+        allow_inf_nan=False,
     )
 
 
@@ -47,7 +66,7 @@ class LoraSettings(_Base):
     """LoRA hyper-parameters. Defaults fit 7–9B causal LMs (r16, alpha 32, all projections)."""
 
     r: int = Field(16, ge=1, le=1024, validation_alias=_env("r", "ONESEEK_LORA_R"))
-    alpha: float = Field(32.0, gt=0, validation_alias=_env("alpha", "ONESEEK_LORA_ALPHA"))
+    alpha: float = Field(32.0, gt=0, le=65536, validation_alias=_env("alpha", "ONESEEK_LORA_ALPHA"))
     dropout: float = Field(
         0.05, ge=0.0, lt=1.0, validation_alias=_env("dropout", "ONESEEK_LORA_DROPOUT")
     )
@@ -73,13 +92,15 @@ class TrainSettings(_Base):
     )
     epochs: int = Field(1, ge=1, le=1000, validation_alias=_env("epochs", "ONESEEK_EPOCHS"))
     # 0 = as many optimizer steps as the epochs need.
-    max_steps: int = Field(0, ge=0, validation_alias=_env("max_steps", "ONESEEK_MAX_STEPS"))
+    max_steps: int = Field(
+        0, ge=0, le=100_000_000, validation_alias=_env("max_steps", "ONESEEK_MAX_STEPS")
+    )
     seq_len: int = Field(
         2048, ge=16, le=131072, validation_alias=_env("seq_len", "ONESEEK_SEQ_LEN")
     )
     # Tokens per optimizer step; micro-batches accumulate up to this budget.
     batch_tokens: int = Field(
-        16384, ge=16, validation_alias=_env("batch_tokens", "ONESEEK_BATCH_TOKENS")
+        16384, ge=16, le=1 << 26, validation_alias=_env("batch_tokens", "ONESEEK_BATCH_TOKENS")
     )
     micro_batch_size: int = Field(
         1, ge=1, le=1024, validation_alias=_env("micro_batch_size", "ONESEEK_MICRO_BATCH_SIZE")
@@ -91,12 +112,12 @@ class TrainSettings(_Base):
         "cosine", validation_alias=_env("lr_schedule", "ONESEEK_LR_SCHEDULE")
     )
     weight_decay: float = Field(
-        0.0, ge=0.0, validation_alias=_env("weight_decay", "ONESEEK_WEIGHT_DECAY")
+        0.0, ge=0.0, le=10.0, validation_alias=_env("weight_decay", "ONESEEK_WEIGHT_DECAY")
     )
     max_grad_norm: float = Field(
-        1.0, ge=0.0, validation_alias=_env("max_grad_norm", "ONESEEK_MAX_GRAD_NORM")
+        1.0, ge=0.0, le=1e6, validation_alias=_env("max_grad_norm", "ONESEEK_MAX_GRAD_NORM")
     )
-    seed: int = Field(42, ge=0, validation_alias=_env("seed", "ONESEEK_SEED"))
+    seed: int = Field(42, ge=0, le=MAX_SEED, validation_alias=_env("seed", "ONESEEK_SEED"))
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, validation_alias=_env("val_fraction", "ONESEEK_VAL_FRACTION")
     )
@@ -105,9 +126,14 @@ class TrainSettings(_Base):
         validation_alias=_env("gradient_checkpointing", "ONESEEK_GRADIENT_CHECKPOINTING"),
     )
     checkpoint_every: int = Field(
-        50, ge=1, validation_alias=_env("checkpoint_every", "ONESEEK_CHECKPOINT_EVERY")
+        50,
+        ge=1,
+        le=1_000_000,
+        validation_alias=_env("checkpoint_every", "ONESEEK_CHECKPOINT_EVERY"),
     )
-    log_every: int = Field(10, ge=1, validation_alias=_env("log_every", "ONESEEK_LOG_EVERY"))
+    log_every: int = Field(
+        10, ge=1, le=1_000_000, validation_alias=_env("log_every", "ONESEEK_LOG_EVERY")
+    )
     loss_on: Literal["answer", "all"] = Field(
         "answer", validation_alias=_env("loss_on", "ONESEEK_LOSS_ON")
     )
@@ -140,7 +166,11 @@ class JobSettings(_Base):
     run_id: str = Field(default_factory=default_run_id, validation_alias=_env("run_id", "RUN_ID"))
     model_version: str = Field("1.0", validation_alias=_env("model_version", "MODEL_VERSION"))
     job_completion_index: int | None = Field(
-        None, ge=0, validation_alias=_env("job_completion_index", "JOB_COMPLETION_INDEX")
+        # Kubernetes caps an Indexed Job at 100,000 completions.
+        None,
+        ge=0,
+        le=99_999,
+        validation_alias=_env("job_completion_index", "JOB_COMPLETION_INDEX"),
     )
     checkpoint_dir: Path | None = Field(
         None, validation_alias=_env("checkpoint_dir", "CHECKPOINT_DIR")
@@ -185,6 +215,48 @@ class JobSettings(_Base):
         # here and an all-blank list is reported by the command that needs models.
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator(
+        "models_dir",
+        "dataset",
+        "artifacts_uri",
+        "s3_endpoint_url",
+        "checkpoint_dir",
+        "work_dir",
+        "signing_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _check_path_text(cls, value: Any) -> Any:
+        # Refused, not stripped: " s3://b/p" silently became a relative directory once.
+        if value is None:
+            return value
+        text = str(value)
+        if text != text.strip():
+            raise ValueError("has leading or trailing whitespace; remove it (it is not stripped)")
+        if _CONTROL.search(text):
+            raise ValueError("contains control characters (a newline, a tab, an escape)")
+        if not text:
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as error:
+            raise ValueError(f"is not a valid URL ({error})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s)://host[:port] URL")
+        if port == 0:
+            raise ValueError("port 0 is not a port")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use AWS_ACCESS_KEY_ID/SECRET")
         return value
 
     @field_validator("run_id")
@@ -245,6 +317,26 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
     shown = "" if name.startswith("AWS_") or isinstance(value, dict) else f" (got {value!r:.80})"
     message = str(first["msg"]).removeprefix("Value error, ")
     return f"{name}: {message}{shown}"
+
+
+def check_logging_env(level: str | None, log_format: str | None) -> tuple[str, bool | None]:
+    """Validate ONESEEK_LOG_LEVEL / ONESEEK_LOG_FORMAT (read before the settings, for logging).
+
+    Returns:
+        The level name and ``json`` (True / False / None = by TTY).
+
+    Raises:
+        ConfigError: an unknown level or format (``LOUD`` is not a level).
+    """
+    name = (level or "INFO").strip().upper()
+    if name not in LOG_LEVELS:
+        raise ConfigError(
+            f"ONESEEK_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)} (got {level!r:.40})"
+        )
+    fmt = (log_format or "").strip().lower()
+    if fmt and fmt not in LOG_FORMATS:
+        raise ConfigError(f"ONESEEK_LOG_FORMAT: must be json or console (got {log_format!r:.40})")
+    return name, {"json": True, "console": False}.get(fmt)
 
 
 def load_settings(**overrides: Any) -> JobSettings:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE_INDEX",
     "MAX_RECORD_BYTES",
+    "MAX_RECORD_DEPTH",
     "Blocks",
     "PackedData",
     "Record",
@@ -47,6 +48,9 @@ IGNORE_INDEX = -100
 # A JSONL line larger than this is almost certainly a broken export (a whole file on one
 # line, a base64 blob), not a training example.
 MAX_RECORD_BYTES = 1_000_000
+# Our three shapes nest three levels deep (record → messages → message); metadata fields
+# may add a little, but hundreds of levels are an attack on the parser, not data.
+MAX_RECORD_DEPTH = 32
 _SHOWN_BAD = 5
 _ROLES = frozenset({"system", "user", "assistant"})
 
@@ -100,11 +104,55 @@ def dataset_files(path: Path) -> list[Path]:
     raise InputError(f"DATASET {path} does not exist; point DATASET at a JSONL file or directory")
 
 
+def _decode(raw: bytes) -> Any:
+    """One JSONL line → a JSON value, or ValueError saying (briefly) why not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not valid UTF-8") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg})") from None
+    except RecursionError:
+        raise ValueError("nested deeper than Python's JSON parser allows") from None
+    except ValueError:  # the only other ValueError: an integer longer than int() converts
+        raise ValueError("holds an integer with more than 4300 digits") from None
+    if _depth(obj) > MAX_RECORD_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_RECORD_DEPTH} levels")
+    return obj
+
+
+def _depth(value: Any) -> int:
+    # Iterative: the value came from json.loads, so it is no deeper than the parser allowed,
+    # but a recursive walk could still hit the interpreter's limit.
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_RECORD_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _utf8(text: str, field: str) -> str:
+    """``text`` if it can be encoded (a lone surrogate such as ``"\\ud800"`` cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field!r} contains a lone surrogate (\\ud800-\\udfff escape)") from None
+    return text
+
+
 def _text_field(obj: dict[str, Any], *names: str) -> str | None:
     for name in names:
         value = obj.get(name)
         if isinstance(value, str) and value.strip():
-            return value
+            return _utf8(value, name)
     return None
 
 
@@ -123,7 +171,7 @@ def _parse(obj: Any, line: int, source: str) -> Record:
             role, content = message.get("role"), message.get("content")
             if role not in _ROLES or not isinstance(content, str):
                 raise ValueError("every message needs role system/user/assistant and content")
-            pairs.append((str(role), content))
+            pairs.append((str(role), _utf8(content, "content")))
         if pairs[-1][0] != "assistant" or not pairs[-1][1].strip():
             raise ValueError("the last message must be a non-empty assistant message")
         if not any(role == "user" for role, _ in pairs):
@@ -149,6 +197,7 @@ def _parse(obj: Any, line: int, source: str) -> Record:
     extra = obj.get("input") or ""
     if not isinstance(extra, str):
         raise ValueError("'input' must be a string")
+    _utf8(extra, "input")
     return Record(format_prompt(question, extra.strip()), " " + answer, line, source)
 
 
@@ -183,15 +232,7 @@ def load_records(path: Path, *, skip_bad_records: bool = False) -> list[Record]:
                     bad.append(f"{where}: record larger than {MAX_RECORD_BYTES} bytes")
                     continue
                 try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    bad.append(f"{where}: not valid UTF-8")
-                    continue
-                except json.JSONDecodeError as error:
-                    bad.append(f"{where}: not JSON ({error.msg})")
-                    continue
-                try:
-                    records.append(_parse(obj, number, str(file)))
+                    records.append(_parse(_decode(raw), number, str(file)))
                 except ValueError as error:
                     bad.append(f"{where}: {error}")
     if bad:

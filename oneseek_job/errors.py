@@ -6,19 +6,25 @@ them without import loops. ``cli.main`` maps each to one line on stderr and its 
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
+    "BAD_INPUT_ERRNOS",
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_PREEMPTED",
     "EXIT_RESOLUTION",
+    "TRANSIENT_ERRNOS",
     "ConfigError",
     "InputError",
     "JobError",
     "Preempted",
     "ResolutionError",
     "StorageError",
+    "TransientError",
     "VerificationError",
+    "exit_code_for_os_error",
 ]
 
 EXIT_OK = 0
@@ -68,3 +74,57 @@ class Preempted(JobError):  # noqa: N818 - it is a signal, not a failure
     """SIGTERM arrived; a checkpoint was saved and a retry of the Job resumes from it."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class TransientError(JobError):
+    """A condition that can pass on retry: network, 5xx, throttling, DNS EAI_AGAIN, EIO/ESTALE."""
+
+    exit_code = EXIT_FAILED
+
+
+# What an OSError means for the Job (docs/operations.md, "Exit codes"). Transient: the same
+# call can succeed seconds later (an NFS server failing over, a flaky network path).
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ENOLCK,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EPIPE,
+    }
+)
+# Bad input: the same volume answers the same way on every retry of the Job. A full disk
+# (ENOSPC, EDQUOT, EFBIG) is here on purpose: Job retries come seconds apart, long before an
+# operator frees space, so FailJob says it at once; re-applying with the same RUN_ID after
+# the fix resumes from the last checkpoint.
+BAD_INPUT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EEXIST,
+        errno.ENXIO,
+    }
+)
+
+
+def exit_code_for_os_error(error: OSError) -> int:
+    """Exit code of an OSError: 2 for BAD_INPUT_ERRNOS, else 1 (transient or unexpected)."""
+    return EXIT_BAD_INPUT if error.errno in BAD_INPUT_ERRNOS else EXIT_FAILED

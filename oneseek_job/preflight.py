@@ -1,0 +1,454 @@
+"""Pre-flight: every check that bad input can fail, before the first GPU second.
+
+``train`` runs :data:`CHECKS` in order, cheapest first, and only then loads a model. Each
+check is a named function that reads the :class:`Preflight` context, adds what it found
+(the resolved models, the records, the opened store, the signing key) and raises a
+:class:`~oneseek_job.errors.JobError` whose exit code says whether a retry can help
+(2 / 3: never; 1: network and other transient trouble). On any bad input the whole phase
+ends within :data:`PREFLIGHT_BUDGET_S`: the slow parts have their own bounds (S3
+reachability :data:`S3_BUDGET_S`, chat templates :data:`TEMPLATE_BUDGET_S`).
+
+To add a check, write ``def check_x(ctx: Preflight) -> None`` and insert
+``Check("x", check_x)`` into :data:`CHECKS` where its cost belongs.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from oneseek_job.errors import (
+    EXIT_FAILED,
+    ConfigError,
+    InputError,
+    JobError,
+    TransientError,
+    exit_code_for_os_error,
+)
+from oneseek_job.logs import get_logger
+
+if TYPE_CHECKING:
+    from oneseek_job.config import JobSettings
+    from oneseek_job.data import Record
+    from oneseek_job.discovery import DiscoveryReport, Resolution
+    from oneseek_job.storage import Store
+
+__all__ = [
+    "CHECKS",
+    "MAX_ARTIFACT_NAME_BYTES",
+    "PREFLIGHT_BUDGET_S",
+    "S3_BUDGET_S",
+    "TEMPLATE_BUDGET_S",
+    "Check",
+    "Preflight",
+    "run_preflight",
+    "select_models",
+]
+
+log = get_logger(__name__)
+
+# The promise to the operator: a bad input fails the phase within this many seconds.
+PREFLIGHT_BUDGET_S = 60.0
+# Opening the artifact store (DNS, TCP connect, ListObjectsV2 with the client's own
+# connect 10 s / read 120 s timeouts and retries) must answer within this total.
+S3_BUDGET_S = 30.0
+# Chat templates run in a forked child with this much wall time per model, …
+TEMPLATE_BUDGET_S = 10.0
+# … this much extra address space, and this largest rendered record.
+TEMPLATE_MEMORY_BYTES = 2 << 30
+TEMPLATE_MAX_OUTPUT = 8_000_000
+# File-name components (ext4, XFS, most CSI volumes) and S3 keys have hard limits.
+MAX_ARTIFACT_NAME_BYTES = 255
+MAX_S3_KEY_BYTES = 1024
+SIGNING_KEY_LIMIT = 64 * 1024
+
+
+@dataclass
+class Preflight:
+    """What the checks established; the job's steps take their inputs from here."""
+
+    settings: JobSettings
+    report: DiscoveryReport | None = None
+    resolutions: list[Resolution] = field(default_factory=list)
+    selected: list[Resolution] = field(default_factory=list)  # the models this pod trains
+    records: list[Record] = field(default_factory=list)
+    store: Store | None = None
+    signing_key: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named pre-flight check."""
+
+    name: str
+    run: Callable[[Preflight], None]
+
+
+def run_preflight(settings: JobSettings, checks: Sequence[Check] | None = None) -> Preflight:
+    """Run every check in order; the first failure ends the phase with its error.
+
+    Raises:
+        JobError: the first failed check's error (ConfigError, InputError, ResolutionError
+            for bad input; TransientError / StorageError when a retry can help).
+    """
+    ctx = Preflight(settings=settings)
+    started = time.monotonic()
+    for check in CHECKS if checks is None else checks:
+        began = time.monotonic()
+        check.run(ctx)
+        ctx.timings[check.name] = round(time.monotonic() - began, 3)
+    log.info(
+        "preflight_passed",
+        tag="config",
+        seconds=round(time.monotonic() - started, 3),
+        checks=ctx.timings,
+    )
+    return ctx
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def check_required(ctx: Preflight) -> None:
+    """The settings ``train`` cannot do without."""
+    if not ctx.settings.base_models:
+        raise ConfigError("BASE_MODELS is empty: set it to comma-separated model names")
+    if ctx.settings.dataset is None:
+        raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
+
+
+def _local_artifacts(uri: str) -> Path | None:
+    if "://" not in uri:
+        return Path(uri).expanduser()
+    if uri.split("://", 1)[0].lower() == "file":
+        return Path(urlsplit(uri).path)
+    return None
+
+
+def check_paths(ctx: Preflight) -> None:
+    """No two locations nest in a way that breaks a run; none is a file where a dir belongs.
+
+    MODELS_DIR is read-only input; the work dir, CHECKPOINT_DIR and a local ARTIFACTS_URI
+    are written. A checkpoint inside the certified area would end up in the run (and fail
+    its own verify), artifacts inside the work dir are scratch that a pod loses, anything
+    written under MODELS_DIR could be scanned as a model. The default CHECKPOINT_DIR
+    (``<work dir>/checkpoints``) is the one nesting allowed.
+    """
+    settings = ctx.settings
+    places: dict[str, Path] = {
+        "MODELS_DIR": settings.models_dir,
+        "ONESEEK_WORK_DIR": settings.work_dir,
+        "CHECKPOINT_DIR": settings.checkpoint_root,
+    }
+    artifacts = _local_artifacts(settings.artifacts_uri)
+    if artifacts is not None:
+        places["ARTIFACTS_URI"] = artifacts
+    resolved = {name: path.resolve() for name, path in places.items()}
+    allowed = {("CHECKPOINT_DIR", "ONESEEK_WORK_DIR")}  # (inner, outer)
+    for inner, inner_path in resolved.items():
+        for outer, outer_path in resolved.items():
+            if inner == outer or (inner, outer) in allowed:
+                continue
+            if inner_path == outer_path or outer_path in inner_path.parents:
+                relation = "is the same directory as" if inner_path == outer_path else "is inside"
+                raise ConfigError(
+                    f"{inner} ({places[inner]}) {relation} {outer} ({places[outer]}); "
+                    "give each its own location"
+                )
+    for name in ("ONESEEK_WORK_DIR", "CHECKPOINT_DIR", "ARTIFACTS_URI"):
+        path = places.get(name)
+        if path is not None and path.exists() and not path.is_dir():
+            raise ConfigError(f"{name} {path} exists and is not a directory")
+
+
+def check_signing_key(ctx: Preflight) -> None:
+    """Format, type and permissions of ONESEEK_SIGNING_KEY_FILE, before any training.
+
+    Permissions: a key readable by every user of the container (``o+r``, the default 0644
+    of a Secret volume without ``defaultMode``) or writable by anyone but its owner is
+    refused; group-readable (the chart's ``defaultMode: 0440`` with ``fsGroup``) is fine.
+    """
+    path = ctx.settings.signing_key_file
+    if path is None:
+        log.warning("unsigned_run", tag="config", reason="ONESEEK_SIGNING_KEY_FILE is not set")
+        return
+    from oneseek_job.safefile import read_regular_file
+
+    _data, mode = read_regular_file(path, what="ONESEEK_SIGNING_KEY_FILE", limit=SIGNING_KEY_LIMIT)
+    if mode & 0o022:
+        raise ConfigError(
+            f"ONESEEK_SIGNING_KEY_FILE {path} is writable by group or others (mode "
+            f"{mode:04o}); anyone could swap the key: chmod 0400 or set the Secret volume's "
+            "defaultMode: 0440"
+        )
+    if mode & 0o004:
+        raise ConfigError(
+            f"ONESEEK_SIGNING_KEY_FILE {path} is readable by every user (mode {mode:04o}); "
+            "chmod 0400 or set the Secret volume's defaultMode: 0440"
+        )
+    from oneseek_job.provenance import load_private_key
+
+    ctx.signing_key = load_private_key(path)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def select_models(resolutions: list[Resolution], index: int | None) -> list[Resolution]:
+    """All models, or only the one at JOB_COMPLETION_INDEX in an Indexed Job.
+
+    Raises:
+        ConfigError: the index is past the last model.
+    """
+    if index is None:
+        return resolutions
+    if index >= len(resolutions):
+        raise ConfigError(
+            f"JOB_COMPLETION_INDEX={index} but BASE_MODELS resolves to {len(resolutions)} "
+            f"model(s): set the Job's completions to {len(resolutions)}"
+        )
+    return [resolutions[index]]
+
+
+def check_models(ctx: Preflight) -> None:
+    """Scan MODELS_DIR, resolve BASE_MODELS, pick this pod's models, check artifact names."""
+    from oneseek_job.discovery import discover, resolve_base_models
+
+    settings = ctx.settings
+    ctx.report = discover(settings.models_dir, allow_pickle=settings.allow_pickle)
+    log.info(
+        "config",
+        tag="config",
+        base_models=settings.base_models[:20],
+        count=len(settings.base_models),
+    )
+    ctx.resolutions = resolve_base_models(settings.base_models, ctx.report)
+    ctx.selected = select_models(ctx.resolutions, settings.job_completion_index)
+    for resolution in ctx.resolutions:
+        _check_artifact_names(settings, resolution)
+
+
+def _check_artifact_names(settings: JobSettings, resolution: Resolution) -> None:
+    from oneseek_job import artifacts
+
+    key = resolution.key
+    names = [
+        artifacts.adapter_dir_name(key),
+        artifacts.weights_file_name(settings.model_version, key),
+    ]
+    longest = max(names, key=lambda n: len(n.encode()))
+    if len(longest.encode()) > MAX_ARTIFACT_NAME_BYTES:
+        raise InputError(
+            f"model directory {resolution.model.path.name[:60]!r}… gives the artifact name "
+            f"{longest[:60]!r}… of {len(longest.encode())} bytes (file systems allow "
+            f"{MAX_ARTIFACT_NAME_BYTES}); rename the model directory to at most "
+            f"{MAX_ARTIFACT_NAME_BYTES - (len(longest) - len(key))} characters"
+        )
+    s3_key = (
+        f"{artifacts.run_prefix(settings.run_id)}lora_adapters/{names[0]}/adapter_model.safetensors"
+    )
+    if len(s3_key.encode()) > MAX_S3_KEY_BYTES - 200:  # room for an ARTIFACTS_URI prefix
+        raise InputError(f"artifact keys for {key[:60]!r}… would exceed S3's 1024-byte limit")
+
+
+def check_pickle_weights(ctx: Preflight) -> None:
+    """With --allow-pickle, every pickle checkpoint must pass the safe (weights_only) loader."""
+    pickled = [r for r in ctx.selected if r.model.weight_format == "pickle"]
+    if not pickled:
+        return
+    import pickle
+
+    import torch
+
+    for resolution in pickled:
+        path = resolution.model.path
+        for file in sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pth", ".pt")):
+            try:
+                # mmap: tensors are mapped, not read; the unpickler still vets every global.
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as error:
+                first = (str(error).splitlines() or [type(error).__name__])[0][:160]
+                raise InputError(
+                    f"{file} is refused by the safe loader (weights_only): {first}; "
+                    "convert the model to safetensors"
+                ) from None
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def check_dataset(ctx: Preflight) -> None:
+    """Read and validate every record (see :func:`oneseek_job.data.load_records`)."""
+    from oneseek_job.data import load_records
+
+    assert ctx.settings.dataset is not None  # check_required ran first
+    ctx.records = load_records(
+        ctx.settings.dataset, skip_bad_records=ctx.settings.train.skip_bad_records
+    )
+
+
+# ----------------------------------------------------------------------------- locations
+
+
+def _os_failure(what: str, path: Path, error: OSError) -> JobError:
+    detail = error.strerror or type(error).__name__
+    if exit_code_for_os_error(error) == EXIT_FAILED:
+        return TransientError(f"{what} {path} failed a write probe ({detail}); retrying")
+    return ConfigError(
+        f"{what} {path} is not a writable directory ({detail}); mount a writable volume there"
+    )
+
+
+def _probe_dir(what: str, path: Path) -> None:
+    import secrets
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".preflight-{secrets.token_hex(6)}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        raise _os_failure(what, path, error) from None
+
+
+def check_locations(ctx: Preflight) -> None:
+    """The work dir and CHECKPOINT_DIR can be created and written."""
+    _probe_dir("ONESEEK_WORK_DIR", ctx.settings.work_dir)
+    _probe_dir("CHECKPOINT_DIR", ctx.settings.checkpoint_root)
+
+
+def check_store(ctx: Preflight) -> None:
+    """Open the artifact store within :data:`S3_BUDGET_S` and check it can be written.
+
+    The client's own timeouts (connect 10 s, read 120 s, 5 attempts) could hold a call for
+    minutes against an endpoint that accepts TCP and never answers; the probe runs in a
+    daemon thread and the phase gives up when the budget is spent.
+    """
+    from oneseek_job.storage import check_writable, store_from_settings
+
+    opened: list[Store] = []
+    failed: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            opened.append(store_from_settings(ctx.settings))
+        except BaseException as error:  # handed to the main thread below
+            failed.append(error)
+
+    thread = threading.Thread(target=probe, name="preflight-store", daemon=True)
+    thread.start()
+    thread.join(S3_BUDGET_S)
+    if thread.is_alive():
+        where = ctx.settings.s3_endpoint_url or "the AWS S3 endpoint"
+        raise TransientError(
+            f"the artifact store at {where} did not answer within {S3_BUDGET_S:.0f} s; "
+            "check S3_ENDPOINT_URL and the network; the run is resumable"
+        )
+    if failed:
+        raise failed[0]
+    ctx.store = opened[0]
+    check_writable(ctx.store)
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+def check_tokenizers(ctx: Preflight) -> None:
+    """Load each selected model's tokenizer; render its chat template once per record shape.
+
+    Rendering runs in a forked child with a wall-time and memory budget: a template is
+    code from the model directory, and a loop or a huge string in it must not hang the job
+    or exhaust the pod's memory. Errors the Jinja sandbox raises are bad input (exit 2).
+    """
+    shapes: dict[tuple[str, ...], Record] = {}
+    for record in ctx.records:
+        if record.messages is not None:
+            shapes.setdefault(tuple(role for role, _ in record.messages), record)
+    from oneseek_job.training import _load_tokenizer as load_tokenizer
+
+    for resolution in ctx.selected:
+        tokenizer = load_tokenizer(resolution.model.path)
+        if shapes and getattr(tokenizer, "chat_template", None):
+            problem = _render_bounded(tokenizer, list(shapes.values()))
+            if problem:
+                raise InputError(
+                    f"chat template of {resolution.key} {problem}; fix chat_template.jinja "
+                    "(or tokenizer_config.json) in the model directory"
+                )
+
+
+def _render_bounded(tokenizer: Any, samples: list[Record]) -> str | None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_render_child, args=(tokenizer, samples, sender), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(TEMPLATE_BUDGET_S):
+            return f"rendering took longer than {TEMPLATE_BUDGET_S:.0f} s (a runaway loop?)"
+        try:
+            answer: str | None = receiver.recv()
+        except EOFError:
+            return "the renderer died (it ran out of memory or crashed)"
+        return answer
+    finally:
+        child.kill()
+        child.join()
+        receiver.close()
+
+
+def _render_child(tokenizer: Any, samples: list[Record], sender: Any) -> None:
+    from oneseek_job.data import _render
+
+    _limit_memory(TEMPLATE_MEMORY_BYTES)
+    answer: str | None = None
+    for record in samples:
+        where = f"{Path(record.source).name}:{record.line}"
+        try:
+            prompt, answer_text = _render(record, tokenizer)
+        except MemoryError:
+            answer = f"rendering {where} needs more than {TEMPLATE_MEMORY_BYTES >> 30} GiB"
+            break
+        except Exception as error:  # the sandbox's SecurityError, TemplateError, raise_exception
+            answer = f"fails on {where}: {type(error).__name__}: {str(error)[:160]}"
+            break
+        size = len(prompt) + len(answer_text)
+        if size > TEMPLATE_MAX_OUTPUT:
+            answer = f"renders {where} to {size} characters (limit {TEMPLATE_MAX_OUTPUT})"
+            break
+    sender.send(answer)
+    sender.close()
+
+
+def _limit_memory(extra: int) -> None:
+    try:
+        with Path("/proc/self/status").open(encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    current = int(line.split()[1]) * 1024
+                    resource.setrlimit(resource.RLIMIT_AS, (current + extra, current + extra))
+                    return
+    except (OSError, ValueError):
+        return  # no /proc: the time budget still bounds the render
+
+
+CHECKS: list[Check] = [
+    Check("required-settings", check_required),
+    Check("paths", check_paths),
+    Check("signing-key", check_signing_key),
+    Check("models", check_models),
+    Check("dataset", check_dataset),
+    Check("locations", check_locations),
+    Check("artifact-store", check_store),
+    Check("pickle-weights", check_pickle_weights),
+    Check("tokenizers", check_tokenizers),
+]
