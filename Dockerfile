@@ -4,6 +4,14 @@
 #     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .
 # CUDA comes from PyPI's torch wheels (the nvidia-* runtime libraries they depend on); the
 # node provides only the driver, through the NVIDIA container toolkit.
+#
+# CUDA build line, chosen on purpose: torch 2.13.0 from PyPI is the CUDA 13.0 build. It is
+# the only line installable from PyPI alone (cu126/cu128 wheels live on download.pytorch.org,
+# not a package registry), and it covers every data-centre GPU we target (T4 through B200).
+# Its floor: NVIDIA driver R580 or newer, compute capability 7.5 or higher (Turing; V100
+# and P100 are out). On an older driver CUDA is simply absent, so the job's pre-flight
+# exits 2 naming the driver and CUDA versions when the pod asked for a GPU
+# (ONESEEK_GPU_COUNT), instead of training on the CPU.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
@@ -42,7 +50,10 @@ LABEL org.opencontainers.image.title="oneseek-job" \
       org.opencontainers.image.source="https://github.com/oneseek/oneseek-job" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="OneSeek" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm" \
+      ai.oneseek.cuda.version="13.0" \
+      ai.oneseek.cuda.driver-min="580" \
+      ai.oneseek.cuda.compute-capability-min="7.5"
 
 # A fixed UID/GID (10001) that the chart's securityContext and runAsNonRoot can rely on.
 # The mount points exist so read-only root filesystems can mount volumes there; only
@@ -55,6 +66,9 @@ RUN groupadd --system --gid 10001 oneseek \
 
 COPY --from=builder /opt/venv /opt/venv
 
+# No NVIDIA_VISIBLE_DEVICES here: the device plugin sets it for pods that request GPUs, and
+# an image default of "all" would hand every GPU of an nvidia-runtime node to a pod that
+# asked for none.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -67,7 +81,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRITON_CACHE_DIR=/cache/triton \
     TORCHINDUCTOR_CACHE_DIR=/cache/inductor \
     _TYPER_STANDARD_TRACEBACK=1 \
-    NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     MODELS_DIR=/models \
     ONESEEK_WORK_DIR=/work \

@@ -172,6 +172,18 @@ class JobSettings(_Base):
         le=99_999,
         validation_alias=_env("job_completion_index", "JOB_COMPLETION_INDEX"),
     )
+    # The number of models the Job was rendered for (chart / kustomize): a BASE_MODELS
+    # of another length means the Job's completions and its list drifted apart.
+    model_count: int | None = Field(
+        None, ge=1, validation_alias=_env("model_count", "ONESEEK_MODEL_COUNT")
+    )
+    # GPUs the pod requested; > 0 makes CUDA with that many devices a pre-flight requirement.
+    gpu_count: int = Field(0, ge=0, validation_alias=_env("gpu_count", "ONESEEK_GPU_COUNT"))
+    # The Secret the S3 credentials come from (its refs are optional so the pod starts and
+    # pre-flight can name a missing Secret); unset when IRSA / workload identity is used.
+    credentials_secret: str | None = Field(
+        None, validation_alias=_env("credentials_secret", "ONESEEK_CREDENTIALS_SECRET")
+    )
     checkpoint_dir: Path | None = Field(
         None, validation_alias=_env("checkpoint_dir", "CHECKPOINT_DIR")
     )
@@ -292,6 +304,9 @@ _ENV_NAMES: dict[str, str] = {
     "run_id": "RUN_ID",
     "model_version": "MODEL_VERSION",
     "job_completion_index": "JOB_COMPLETION_INDEX",
+    "model_count": "ONESEEK_MODEL_COUNT",
+    "gpu_count": "ONESEEK_GPU_COUNT",
+    "credentials_secret": "ONESEEK_CREDENTIALS_SECRET",
     "checkpoint_dir": "CHECKPOINT_DIR",
     "work_dir": "ONESEEK_WORK_DIR",
     "signing_key_file": "ONESEEK_SIGNING_KEY_FILE",

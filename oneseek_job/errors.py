@@ -12,6 +12,7 @@ __all__ = [
     "BAD_INPUT_ERRNOS",
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
+    "EXIT_JOB_SHAPE",
     "EXIT_OK",
     "EXIT_PREEMPTED",
     "EXIT_RESOLUTION",
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "InputError",
     "JobError",
+    "JobShapeError",
     "Preempted",
     "ResolutionError",
     "StorageError",
@@ -31,6 +33,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # unexpected or transient: the Job retries within backoffLimit
 EXIT_BAD_INPUT = 2  # bad configuration or input: FailJob / FailIndex, retrying cannot help
 EXIT_RESOLUTION = 3  # a BASE_MODELS name did not resolve to exactly one model
+EXIT_JOB_SHAPE = 4  # the Job was made for another model count: FailJob, every index would fail
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, a retry resumes
 
 
@@ -56,6 +59,16 @@ class ResolutionError(JobError):
     """A requested base model matched no model, or more than one."""
 
     exit_code = EXIT_RESOLUTION
+
+
+class JobShapeError(JobError):
+    """The Job was rendered for another number of models than BASE_MODELS holds.
+
+    Every index of the Job fails the same way, so the Job's podFailurePolicy fails the
+    whole Job at once (FailJob) instead of failing or finishing indices one by one.
+    """
+
+    exit_code = EXIT_JOB_SHAPE
 
 
 class StorageError(JobError):

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 import yaml
 from helm_python import chart
-from helm_python.errors import HelmValuesError
+from helm_python.errors import HelmRenderError, HelmValuesError
 
 from oneseek_job.config import RUN_ID_PATTERN, JobSettings, LoraSettings, TrainSettings
+from oneseek_job.discovery import MAX_BASE_MODELS, normalize_model_name
+from oneseek_job.errors import EXIT_JOB_SHAPE
 from oneseek_job.kube import KubeContext
 from tests._k8s import load_docs, pod_spec, restricted_violations, validate_strict
 
@@ -65,7 +67,12 @@ def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def is_test_hook(doc: dict[str, Any]) -> bool:
-    return (doc["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"
+    """A helm test hook or an Argo CD PostSync hook: verification, not the training run."""
+    annotations = doc["metadata"].get("annotations") or {}
+    return (
+        annotations.get("helm.sh/hook") == "test"
+        or annotations.get("argocd.argoproj.io/hook") == "PostSync"
+    )
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -81,6 +88,12 @@ def test_scenarios_exist() -> None:
         "sequential",
         "existing-claim",
         "no-gpu",
+        "created-claims",
+        "gke",
+        "eks",
+        "aks",
+        "karpenter",
+        "argocd",
     } <= names
 
 
@@ -110,8 +123,8 @@ def test_every_object_validates_strictly(loaded: chart.Chart, scenario: Path) ->
 def test_pods_are_restricted_pss(loaded: chart.Chart, scenario: Path) -> None:
     docs = render(loaded, scenario_values(scenario))
     specs = [s for s in (pod_spec(d) for d in docs) if s is not None]
-    # The training Job plus the helm test pod.
-    assert len(specs) == 2
+    # The training Job, the helm test pod and, with argocd.postSyncVerify, the verify Job.
+    assert len(specs) == 2 + bool(merged(loaded, scenario_values(scenario))["argocd"]["postSyncVerify"])
     for spec in specs:
         assert restricted_violations(spec) == []
 
@@ -151,13 +164,18 @@ def test_job_indices_match_models(loaded: chart.Chart, scenario: Path) -> None:
     job = only(render(loaded, values), "Job")
     spec = job["spec"]
     rules = spec["podFailurePolicy"]["rules"]
+    # The job's own verdicts first: a pod exiting 2/3/4 while disrupted still fails.
     assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "train", "operator": "In", "values": [EXIT_JOB_SHAPE]},
+    }
+    assert rules[1]["onExitCodes"]["values"] == [2, 3]
+    assert rules[2] == {
         "action": "Ignore",
         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
     }
-    assert rules[1]["onExitCodes"]["values"] == [2, 3]
-    assert rules[2]["onExitCodes"]["values"] == [75]
-    assert rules[2]["action"] == "Count"
+    assert rules[3]["onExitCodes"]["values"] == [75]
+    assert rules[3]["action"] == "Count"
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     if full["mode"] == "indexed":
         assert spec["completionMode"] == "Indexed"
@@ -173,7 +191,10 @@ def test_job_indices_match_models(loaded: chart.Chart, scenario: Path) -> None:
         assert spec["backoffLimit"] == full["job"]["backoffLimit"]
         assert "backoffLimitPerIndex" not in spec
         assert rules[1]["action"] == "FailJob"
-    configmap = only(render(loaded, values), "ConfigMap")
+    configmap = only(
+        [d for d in render(loaded, values) if d["metadata"]["name"] == job["metadata"]["name"]],
+        "ConfigMap",
+    )
     assert configmap["data"]["BASE_MODELS"].split(",") == models
     assert configmap["immutable"] is True
     container = spec["template"]["spec"]["containers"][0]
@@ -182,6 +203,8 @@ def test_job_indices_match_models(loaded: chart.Chart, scenario: Path) -> None:
         "key": "BASE_MODELS",
     }
     assert spec["activeDeadlineSeconds"] == full["job"]["activeDeadlineSeconds"]
+    # The count the Job was rendered for travels with the pods, which check it.
+    assert env_of(container)["ONESEEK_MODEL_COUNT"]["value"] == str(len(models))
 
 
 def test_demo_three_models_give_three_indices(loaded: chart.Chart) -> None:
@@ -202,8 +225,18 @@ def test_gpu_scheduling_and_its_absence(loaded: chart.Chart) -> None:
     with_gpu = only(render(loaded, {}), "Job")["spec"]["template"]["spec"]
     limits = with_gpu["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == 1
-    assert with_gpu["nodeSelector"]["nvidia.com/gpu.present"] == "true"
-    assert any(t["key"] == "nvidia.com/gpu" for t in with_gpu["tolerations"])
+    # No default nodeSelector: GPU feature discovery labels are absent on autoscaler node
+    # templates, so a selector on them would keep pods Pending and never scale from zero.
+    assert "nodeSelector" not in with_gpu
+    assert "affinity" not in with_gpu
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+        with_gpu["tolerations"]
+    )
+    # AKS GPU pools are tainted sku=gpu:NoSchedule.
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in (
+        with_gpu["tolerations"]
+    )
+    assert env_of(with_gpu["containers"][0])["ONESEEK_GPU_COUNT"]["value"] == "1"
 
     no_gpu_values = scenario_values(CHART_DIR / "ci" / "no-gpu-values.yaml")
     no_gpu = only(render(loaded, no_gpu_values), "Job")["spec"]["template"]["spec"]
@@ -214,15 +247,67 @@ def test_gpu_scheduling_and_its_absence(loaded: chart.Chart) -> None:
     assert "emptyDir" in names["checkpoints"]
     assert "signing-key" not in names
     assert "ONESEEK_SIGNING_KEY_FILE" not in env_of(no_gpu["containers"][0])
+    assert "ONESEEK_GPU_COUNT" not in env_of(no_gpu["containers"][0])
 
     full = scenario_values(CHART_DIR / "ci" / "full-values.yaml")
     spec = only(render(loaded, full), "Job")["spec"]["template"]["spec"]
     # User selectors and tolerations come on top of the GPU ones.
-    assert spec["nodeSelector"] == {
-        "nvidia.com/gpu.present": "true",
-        "node.kubernetes.io/instance-type": "p5.48xlarge",
-    }
-    assert [t["key"] for t in spec["tolerations"]] == ["nvidia.com/gpu", "dedicated"]
+    assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
+    assert [t["key"] for t in spec["tolerations"]] == ["nvidia.com/gpu", "sku", "dedicated"]
+    # The GPU product is ANDed into the user's required node affinity term.
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {
+            "matchExpressions": [
+                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-north-1a"]},
+                {
+                    "key": "nvidia.com/gpu.product",
+                    "operator": "In",
+                    "values": ["NVIDIA-H100-80GB-HBM3"],
+                },
+            ]
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("provider", "selector"),
+    [
+        ("gke", {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}),
+        ("eks", {"node.kubernetes.io/instance-type": "p5.48xlarge"}),
+        ("aks", {"kubernetes.azure.com/agentpool": "gpunp"}),
+        ("karpenter", {"karpenter.sh/nodepool": "gpu"}),
+    ],
+)
+def test_provider_examples(loaded: chart.Chart, provider: str, selector: dict[str, str]) -> None:
+    values = scenario_values(CHART_DIR / "ci" / f"{provider}-values.yaml")
+    docs = render(loaded, values)
+    spec = only(docs, "Job")["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == selector
+    assert "sku" in {t["key"] for t in spec["tolerations"]}
+    claim = only(docs, "PersistentVolumeClaim")["spec"]
+    assert claim["storageClassName"] and claim["accessModes"]
+    if provider == "karpenter":
+        expression = spec["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"][0]["matchExpressions"][0]
+        assert expression == {
+            "key": "karpenter.k8s.aws/instance-gpu-name",
+            "operator": "In",
+            "values": ["h100", "a100"],
+        }
+        # ReadWriteOnce checkpoints: one pod at a time.
+        assert claim["accessModes"] == ["ReadWriteOnce"]
+        assert only(docs, "Job")["spec"]["parallelism"] == 1
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
+def test_requests_equal_limits(loaded: chart.Chart, scenario: Path) -> None:
+    """Guaranteed QoS: a Burstable pod is evicted first under node pressure."""
+    job = only(render(loaded, scenario_values(scenario)), "Job")
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    for name in ("cpu", "memory"):
+        assert resources["limits"][name] == resources["requests"][name], name
 
 
 def test_volumes_and_mounts(loaded: chart.Chart) -> None:
@@ -233,15 +318,30 @@ def test_volumes_and_mounts(loaded: chart.Chart) -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/models"]["readOnly"] is True
     assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
-    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
-    assert volumes["models"]["persistentVolumeClaim"]["claimName"] in claims
-    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] in claims
+    # By default both claims exist outside the release: no empty models volume, no
+    # ReadWriteMany claim from a default StorageClass that cannot serve it.
+    assert [d for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "oneseek-models"
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "oneseek-checkpoints"
+    created = render(loaded, scenario_values(CHART_DIR / "ci" / "created-claims-values.yaml"))
+    claims = {d["metadata"]["name"]: d for d in created if d["kind"] == "PersistentVolumeClaim"}
+    assert set(claims) == {"oneseek-oneseek-job-models", "oneseek-oneseek-job-checkpoints"}
+    for claim in claims.values():
+        assert claim["spec"]["storageClassName"] == "nfs-client"
+        # Data outlives the release (helm uninstall, Argo CD app deletion).
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claims["oneseek-oneseek-job-models"]["spec"]["accessModes"] == ["ReadOnlyMany"]
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
     assert mounts["/dev/shm"]["name"] == "dshm"
     for path in ("/tmp", "/cache", "/work"):
         assert "emptyDir" in volumes[mounts[path]["name"]]
     assert volumes["signing-key"]["secret"]["secretName"] == "oneseek-job-signing-key"
+    # A missing Secret must not keep the pod from starting: pre-flight names it (exit 2).
+    assert volumes["signing-key"]["secret"]["optional"] is True
     env = env_of(container)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert env["ONESEEK_CREDENTIALS_SECRET"]["value"] == "oneseek-job-s3"
     key_file = Path(env["ONESEEK_SIGNING_KEY_FILE"]["value"])
     assert mounts[str(key_file.parent)]["name"] == "signing-key"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "oneseek-job-s3"
@@ -280,29 +380,49 @@ def _job_identity(loaded: chart.Chart, values: dict[str, Any]) -> tuple[str, str
     return job["metadata"]["name"], env["RUN_ID"]["value"]
 
 
-def test_config_hash_names(loaded: chart.Chart) -> None:
+def test_job_identity_follows_training_inputs_only(loaded: chart.Chart) -> None:
     base = {"baseModels": ["KB-Llama-3.1-8B-Swedish", "Mistral-7B-Instruct"]}
     name, run_id = _job_identity(loaded, base)
     assert RUN_ID_PATTERN.fullmatch(run_id)
     assert DNS_LABEL.fullmatch(name) and len(name) <= 52
+    # The Job name carries the run hash: one run, one Job.
+    assert name.endswith("-" + only(render(loaded, base), "Job")["metadata"]["annotations"][
+        "oneseek.ai/job-hash"
+    ])
 
     # Same values, same names: an unchanged upgrade or sync is a no-op.
     assert _job_identity(loaded, copy.deepcopy(base)) == (name, run_id)
-    # New models: new Job and new run.
-    other_name, other_run = _job_identity(loaded, {"baseModels": ["KB-Llama-3.1-8B-Swedish"]})
-    assert other_name != name and other_run != run_id
-    # Order matters (index i trains entry i).
-    swapped = _job_identity(loaded, {"baseModels": list(reversed(base["baseModels"]))})
-    assert swapped[0] != name
-    # Scheduling change: new (immutable) Job spec, but the same training run.
-    moved_name, moved_run = _job_identity(loaded, {**base, "priorityClassName": "batch-high"})
-    assert moved_name != name and moved_run == run_id
-    # Hyper-parameters change the result: new run.
-    assert _job_identity(loaded, {**base, "training": {"learningRate": 0.001}})[1] != run_id
-    # The nonce forces a re-run of an unchanged config.
-    assert _job_identity(loaded, {**base, "runNonce": "again"})[1] != run_id
-    # The test pod's settings do not touch the Job.
-    assert _job_identity(loaded, {**base, "test": {"enabled": False}}) == (name, run_id)
+    # What is trained changes: new Job and new run.
+    for change in (
+        {"baseModels": ["KB-Llama-3.1-8B-Swedish"]},
+        {"baseModels": list(reversed(base["baseModels"]))},  # index i trains entry i
+        {"dataset": "/models/datasets/other"},
+        {"training": {"learningRate": 0.001}},
+        {"training": {"lora": {"r": 8}}},
+        {"modelVersion": "2.0"},
+        {"image": {"tag": "0.2.0"}},
+        {"image": {"digest": "sha256:" + "a" * 64}},
+        {"runNonce": "again"},
+    ):
+        other_name, other_run = _job_identity(loaded, {**base, **change})
+        assert other_name != name and other_run != run_id, change
+    # Everything else leaves the Job's identity alone: a mutable field is patched in place,
+    # an immutable one is refused by the API server instead of starting a second pod that
+    # trains the same run next to the terminating one.
+    for change in (
+        {"priorityClassName": "batch-high"},
+        {"resources": {"requests": {"cpu": "16", "memory": "128Gi"}}},
+        {"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+        {"job": {"ttlSecondsAfterFinished": 60, "parallelism": 1}},
+        {"job": {"activeDeadlineSeconds": 3600, "annotations": {"team": "ml"}}},
+        {"gpu": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}}},
+        {"test": {"enabled": False}},
+        {"argocd": {"postSyncVerify": True}},
+    ):
+        assert _job_identity(loaded, {**base, **change}) == (name, run_id), change
+    # completionMode cannot change on a Job: new Job, same run.
+    seq_name, seq_run = _job_identity(loaded, {**base, "mode": "sequential"})
+    assert seq_name != name and seq_run == run_id
     # A fixed runId wins.
     assert _job_identity(loaded, {**base, "runId": "run-20250101-120000"})[1] == (
         "run-20250101-120000"
@@ -337,6 +457,8 @@ def test_rbac_is_least_privilege(loaded: chart.Chart) -> None:
             "resourceNames": [job_name],
             "verbs": ["patch"],
         },
+        # kube.pod_image_digest: its own pod's status (names are random: no resourceNames).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
     ]
     binding = only(docs, "RoleBinding")
     account = only(docs, "ServiceAccount")
@@ -348,7 +470,7 @@ def test_rbac_is_least_privilege(loaded: chart.Chart) -> None:
         only(docs, "Job")["spec"]["template"]["spec"]["serviceAccountName"]
         == (account["metadata"]["name"])
     )
-    full = render(loaded, scenario_values(CHART_DIR / "ci" / "full-values.yaml"))
+    full = render(loaded, scenario_values(CHART_DIR / "ci" / "sequential-values.yaml"))
     rules = only(full, "Role")["rules"]
     assert rules[-1] == {
         "apiGroups": [""],
@@ -375,6 +497,7 @@ def test_env_names_are_the_cli_contract(loaded: chart.Chart) -> None:
         "ONESEEK_JOB_UID",
         "ONESEEK_POD_NAME",
     }
+    assert {"ONESEEK_MODEL_COUNT", "ONESEEK_GPU_COUNT", "ONESEEK_CREDENTIALS_SECRET"} <= known
     known |= kube_env
     full = render(loaded, scenario_values(CHART_DIR / "ci" / "full-values.yaml"))
     container = only(full, "Job")["spec"]["template"]["spec"]["containers"][0]
@@ -387,7 +510,7 @@ def test_env_names_are_the_cli_contract(loaded: chart.Chart) -> None:
     assert env["ONESEEK_GRADIENT_CHECKPOINTING"]["value"] == "true"
     assert env["ONESEEK_IMAGE_DIGEST"]["value"].startswith("sha256:")
     assert container["image"].endswith("@" + env["ONESEEK_IMAGE_DIGEST"]["value"])
-    assert container["args"] == ["train", "--allow-regression", "--configmap", "admin-models"]
+    assert container["args"] == ["train", "--allow-regression"]
     # kube.py builds its context from exactly these variables.
     literal = {k: v["value"] for k, v in env.items() if "value" in v}
     ctx = KubeContext.from_environment(
@@ -401,38 +524,71 @@ def test_env_names_are_the_cli_contract(loaded: chart.Chart) -> None:
     assert not [name for name in default_env if name.startswith("ONESEEK_LORA")]
 
 
-def test_helm_test_pod_verifies_this_release_run(loaded: chart.Chart) -> None:
+def _verify_pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The pod specs that run `verify`: the helm test pod and the Argo CD PostSync Job."""
+    found: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        annotations = doc["metadata"].get("annotations") or {}
+        if annotations.get("helm.sh/hook") == "test" and doc["kind"] == "Pod":
+            found["helm-test"] = doc["spec"]
+        elif annotations.get("argocd.argoproj.io/hook") == "PostSync":
+            assert doc["kind"] == "Job"
+            assert annotations["argocd.argoproj.io/hook-delete-policy"] == "BeforeHookCreation"
+            found["post-sync"] = doc["spec"]["template"]["spec"]
+    return found
+
+
+def test_verify_pods_check_this_release_run(loaded: chart.Chart) -> None:
     values = scenario_values(CHART_DIR / "ci" / "full-values.yaml")
     docs = render(loaded, values)
-    job_env = env_of(only(docs, "Job")["spec"]["template"]["spec"]["containers"][0])
-    hooks = [d for d in docs if is_test_hook(d)]
-    pod = next(d for d in hooks if d["kind"] == "Pod")
-    key_map = next(d for d in hooks if d["kind"] == "ConfigMap")
-    container = pod["spec"]["containers"][0]
-    assert container["args"][:4] == [
-        "verify",
-        job_env["ARTIFACTS_URI"]["value"],
-        "--run-id",
-        job_env["RUN_ID"]["value"],
-    ]
-    assert container["args"][4] == "--public-key"
+    job_spec = only(docs, "Job")["spec"]["template"]["spec"]
+    job_env = env_of(job_spec["containers"][0])
+    key_map = next(d for d in docs if d["metadata"]["name"].endswith("-verify-key"))
+    pods = _verify_pods(docs)
+    assert set(pods) == {"helm-test", "post-sync"}
+    for spec in pods.values():
+        # The job's ServiceAccount: the S3 access of IRSA / workload identity comes with it.
+        assert spec["serviceAccountName"] == job_spec["serviceAccountName"]
+        container = spec["containers"][0]
+        assert container["args"] == [
+            "verify",
+            job_env["ARTIFACTS_URI"]["value"],
+            "--run-id",
+            job_env["RUN_ID"]["value"],
+            "--public-key",
+            "/etc/oneseek/verify/public-key.pem",
+        ]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["verify-key"]["configMap"]["name"] == key_map["metadata"]["name"]
+        assert "resources" in container and "nvidia.com/gpu" not in str(container["resources"])
     assert "BEGIN PUBLIC KEY" in key_map["data"]["public-key.pem"]
-    assert "resources" in container and "nvidia.com/gpu" not in str(container["resources"])
-    assert not [d for d in render(loaded, {"test": {"enabled": False}}) if is_test_hook(d)]
+    assert not _verify_pods(render(loaded, {"test": {"enabled": False}}))
 
 
-def test_argocd_sync_hook_annotations(loaded: chart.Chart) -> None:
+def test_verify_accepts_unsigned_only_when_signing_is_off(loaded: chart.Chart) -> None:
+    unsigned = _verify_pods(render(loaded, scenario_values(CHART_DIR / "ci" / "argocd-values.yaml")))
+    assert set(unsigned) == {"helm-test", "post-sync"}
+    for spec in unsigned.values():
+        assert spec["containers"][0]["args"][-1] == "--allow-unsigned"
+    signed = _verify_pods(render(loaded, {}))["helm-test"]
+    assert "--allow-unsigned" not in signed["containers"][0]["args"]
+
+
+def test_argocd_defaults_do_not_fight_self_heal(loaded: chart.Chart) -> None:
+    plain = only(render(loaded, {}), "Job")
+    # No TTL: a TTL-deleted Job shows OutOfSync and selfHeal would start it again.
+    assert "ttlSecondsAfterFinished" not in plain["spec"]
+    # No Sync hook: it would hold every later sync for the hours training takes.
+    assert not [k for k in plain["metadata"]["annotations"] if k.startswith("argocd.argoproj.io")]
+    assert "post-sync" not in _verify_pods(render(loaded, {}))
     hooked = only(render(loaded, {"argocd": {"syncHook": True}}), "Job")
     assert hooked["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Sync"
     assert (
         hooked["metadata"]["annotations"]["argocd.argoproj.io/hook-delete-policy"]
         == "BeforeHookCreation"
     )
-    plain = only(render(loaded, {}), "Job")
-    assert "argocd.argoproj.io/hook" not in plain["metadata"]["annotations"]
-    assert plain["spec"]["ttlSecondsAfterFinished"] == 604800
-    kept = only(render(loaded, {"job": {"ttlSecondsAfterFinished": None}}), "Job")
-    assert "ttlSecondsAfterFinished" not in kept["spec"]
+    timed = only(render(loaded, {"job": {"ttlSecondsAfterFinished": 600}}), "Job")
+    assert timed["spec"]["ttlSecondsAfterFinished"] == 600
 
 
 def test_notes_tell_how_to_follow_the_run(loaded: chart.Chart) -> None:
@@ -468,6 +624,8 @@ def test_notes_tell_how_to_follow_the_run(loaded: chart.Chart) -> None:
         ({"runId": "bad run id"}, "/runId", "does not match pattern"),
         ({"models": {"existingClaim": "Bad_Claim"}}, "/models/existingClaim", "pattern"),
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory", "pattern"),
+        ({"baseModels": [f"m{i}" for i in range(65)]}, "/baseModels", "maxItems"),
+        ({"gpu": {"product": {"values": [""]}}}, "/gpu/product/values/0", "minLength"),
     ],
 )
 def test_schema_rejects_bad_values(
@@ -548,3 +706,84 @@ def test_defaults_render_every_schema_key(loaded: chart.Chart) -> None:
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     defaults = loaded.values
     assert set(defaults) == set(schema["properties"]), set(defaults) ^ set(schema["properties"])
+
+
+def test_schema_and_code_agree_on_the_model_maximum(loaded: chart.Chart) -> None:
+    import json
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    assert schema["properties"]["baseModels"]["maxItems"] == MAX_BASE_MODELS
+    most = [f"model-{i}" for i in range(MAX_BASE_MODELS)]
+    assert only(render(loaded, {"baseModels": most}), "Job")["spec"]["completions"] == 64
+
+
+@pytest.mark.parametrize(
+    ("names", "key"),
+    [
+        (["Qwen-2.5-7B", "qwen_2_5_7b"], "qwen-2-5-7b"),
+        (["KB-Llama-3.1-8B-Swedish", "kb llama 3.1 8b swedish"], "kb-llama-3-1-8b-swedish"),
+        (["gemma_2_9b", "x", "-Gemma.2.9B-"], "gemma-2-9b"),
+    ],
+)
+def test_aliases_of_one_model_are_refused_at_render(
+    loaded: chart.Chart, names: list[str], key: str
+) -> None:
+    # The template's normalization is discovery's: same key for both spellings.
+    assert len({normalize_model_name(n) for n in names if n != "x"}) == 1
+    assert normalize_model_name(names[0]) == key
+    with pytest.raises(HelmRenderError, match=f"name the same model \"{key}\""):
+        render(loaded, {"baseModels": names})
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        # A created claim needs its class and access modes spelled out (no RWX default).
+        ({"models": {"existingClaim": ""}}, "models.storageClassName and models.accessModes"),
+        (
+            {"checkpoints": {"existingClaim": "", "storageClassName": "gp3"}},
+            "checkpoints.storageClassName and checkpoints.accessModes",
+        ),
+        # ReadWriteOnce cannot be shared by parallel pods on several nodes.
+        (
+            {
+                "checkpoints": {
+                    "existingClaim": "",
+                    "storageClassName": "gp3",
+                    "accessModes": ["ReadWriteOnce"],
+                }
+            },
+            "ReadWriteOnce checkpoints volume cannot be shared",
+        ),
+        # A live ConfigMap read by each pod of an Indexed Job could differ between pods.
+        ({"extraArgs": ["--configmap", "admin-models"]}, "--configmap is refused in indexed"),
+        ({"extraArgs": ["--configmap=admin-models"]}, "--configmap is refused in indexed"),
+        # Burstable QoS is refused.
+        (
+            {"resources": {"requests": {"cpu": "4", "memory": "48Gi"}, "limits": {"memory": "64Gi"}}},
+            "resources.limits.memory (64Gi) must equal resources.requests.memory (48Gi)",
+        ),
+        ({"resources": {"requests": {"cpu": None}}}, "resources.requests.cpu is required"),
+    ],
+)
+def test_invalid_combinations_fail_the_render(
+    loaded: chart.Chart, values: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(HelmRenderError) as info:
+        render(loaded, values)
+    assert why in str(info.value), str(info.value)
+
+
+def test_valid_neighbours_of_the_refusals_render(loaded: chart.Chart) -> None:
+    """The refusals above are exact: their nearest valid values render."""
+    rwo = {"existingClaim": "", "storageClassName": "gp3", "accessModes": ["ReadWriteOnce"]}
+    for values in (
+        {"checkpoints": rwo, "job": {"parallelism": 1}},
+        {"checkpoints": rwo, "mode": "sequential"},
+        {"checkpoints": {**rwo, "persistence": False}},
+        {"mode": "sequential", "extraArgs": ["--configmap", "admin-models"]},
+        {"extraArgs": ["--configmaps-are-not-this-flag"]},
+        {"resources": {"requests": {"cpu": "4", "memory": "48Gi"}, "limits": {"cpu": 4}}},
+        {"baseModels": ["llama-2-7b", "llama-2-7b-chat"]},
+    ):
+        validate_strict(only(render(loaded, values), "Job"))

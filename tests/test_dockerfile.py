@@ -156,3 +156,31 @@ def test_dockerignore_keeps_the_context_small() -> None:
     }
     # Everything the build copies is let through, and nothing more.
     assert copied == allowed
+
+
+def test_gpus_come_from_the_device_plugin_only(parsed: list[tuple[str, str]]) -> None:
+    """An image default NVIDIA_VISIBLE_DEVICES=all hands every GPU of an nvidia-runtime
+    node to a pod that requested none; the device plugin sets it for pods that ask."""
+    for word, args in parsed:
+        if word in {"ENV", "ARG"}:
+            assert "NVIDIA_VISIBLE_DEVICES" not in args, args
+    env = " ".join(args for word, args in runtime_stage(parsed) if word == "ENV")
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+
+
+def test_cuda_build_line_is_stated_and_from_pypi(parsed: list[tuple[str, str]]) -> None:
+    """torch 2.13.0 from PyPI is the CUDA 13.0 build: driver R580+, compute capability 7.5+.
+    The image states that floor, and installs from PyPI alone (no vendor index)."""
+    labels = " ".join(args for word, args in runtime_stage(parsed) if word == "LABEL")
+    assert 'ai.oneseek.cuda.version="13.0"' in labels
+    assert 'ai.oneseek.cuda.driver-min="580"' in labels
+    assert 'ai.oneseek.cuda.compute-capability-min="7.5"' in labels
+    text = DOCKERFILE.read_text()
+    assert "PIP_INDEX_URL=https://pypi.org/simple" in text
+    for vendor in ("download.pytorch.org", "extra-index-url", "PIP_EXTRA_INDEX_URL"):
+        assert vendor not in text.replace("download.pytorch.org, not", ""), vendor
+    # The torch pin is the plain PyPI wheel (a "+cu…" local version needs the vendor index).
+    pins = [line for line in CONSTRAINTS.read_text().splitlines() if line.startswith("torch==")]
+    assert pins == ["torch==2.13.0"]
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert "R580" in deploy and "7.5" in deploy

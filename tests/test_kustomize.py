@@ -1,13 +1,15 @@
-"""The kustomize base and its sequential variant, built by `kubectl kustomize`, plus the
-Argo CD Application (rendered through the chart with the Application's own values).
+"""The kustomize base, its sequential variant and the one-time setup, built by `kubectl
+kustomize`, plus the Argo CD Application (rendered through the chart with its own values).
 
 Every object is validated against the newest Kubernetes schema with unknown fields
 rejected; the pod is checked against the restricted Pod Security Standard; the Job's
-indices must equal the number of models in the generated ConfigMap.
+indices must equal the number of models in the generated ConfigMap, and the pods get that
+count to check.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,8 @@ import pytest
 import yaml
 from helm_python import chart
 
+from oneseek_job.config import RUN_ID_PATTERN
+from oneseek_job.errors import EXIT_JOB_SHAPE
 from oneseek_job.kube import parse_base_models
 from tests._k8s import load_docs, pod_spec, restricted_violations, validate_strict
 
@@ -46,6 +50,11 @@ def sequential() -> list[dict[str, Any]]:
     return kustomize(K8S / "sequential")
 
 
+@pytest.fixture(scope="module")
+def setup() -> list[dict[str, Any]]:
+    return kustomize(K8S / "setup")
+
+
 def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [d for d in docs if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
@@ -61,23 +70,35 @@ def env_of(job: dict[str, Any]) -> list[dict[str, Any]]:
 def test_every_object_validates_strictly(variant: str, request: pytest.FixtureRequest) -> None:
     docs: list[dict[str, Any]] = request.getfixturevalue(variant)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(
-        [
-            "ConfigMap",
-            "Job",
-            "Namespace",
-            "PersistentVolumeClaim",
-            "PersistentVolumeClaim",
-            "Role",
-            "RoleBinding",
-            "ServiceAccount",
-        ]
-    )
+    # Only the Job, its inputs and its RBAC: `kubectl delete -k k8s/` must never delete the
+    # namespace (and the Secrets in it), the models or the checkpoints.
+    assert kinds == sorted(["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"])
     for doc in docs:
         validate_strict(doc)
-        if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == "oneseek"
+        assert doc["metadata"]["namespace"] == "oneseek"
         assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "oneseek-job"
+
+
+def test_setup_holds_the_data_with_explicit_storage(
+    setup: list[dict[str, Any]], base: list[dict[str, Any]]
+) -> None:
+    assert sorted(d["kind"] for d in setup) == [
+        "Namespace",
+        "PersistentVolumeClaim",
+        "PersistentVolumeClaim",
+    ]
+    for doc in setup:
+        validate_strict(doc)
+    namespace = only(setup, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    claims = {d["metadata"]["name"]: d for d in setup if d["kind"] == "PersistentVolumeClaim"}
+    for claim in claims.values():
+        # Never the cluster's default class: it is often ReadWriteOnce block storage.
+        assert claim["spec"]["storageClassName"]
+        assert claim["spec"]["accessModes"]
+    volumes = {v["name"]: v for v in only(base, "Job")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] in claims
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] in claims
 
 
 @pytest.mark.parametrize("variant", ["base", "sequential"])
@@ -86,8 +107,6 @@ def test_pod_is_restricted_pss(variant: str, request: pytest.FixtureRequest) -> 
     spec = pod_spec(only(docs, "Job"))
     assert spec is not None
     assert restricted_violations(spec) == []
-    namespace = only(docs, "Namespace")
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 def test_indexed_job_has_one_index_per_model(base: list[dict[str, Any]]) -> None:
@@ -103,6 +122,21 @@ def test_indexed_job_has_one_index_per_model(base: list[dict[str, Any]]) -> None
     assert configmap["immutable"] is True
     ref = next(e for e in env_of(job) if e["name"] == "BASE_MODELS")
     assert ref["valueFrom"]["configMapKeyRef"]["name"] == configmap["metadata"]["name"]
+    # completions travels to the pods (replacement), which exit 4 when the list differs.
+    count = next(e for e in env_of(job) if e["name"] == "ONESEEK_MODEL_COUNT")
+    assert count["value"] == str(job["spec"]["completions"])
+
+
+def test_model_count_follows_completions(tmp_path: Path) -> None:
+    """Edit completions alone (the drift the count check exists for): the pods see it."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    shutil.copytree(K8S / "base", overlay / "base")
+    job_file = overlay / "base" / "job.yaml"
+    job_file.write_text(job_file.read_text().replace("completions: 3", "completions: 5"))
+    job = only(kustomize(overlay / "base"), "Job")
+    count = next(e for e in env_of(job) if e["name"] == "ONESEEK_MODEL_COUNT")
+    assert (job["spec"]["completions"], count["value"]) == (5, "5")
 
 
 def test_failure_policy_follows_exit_codes(
@@ -111,14 +145,16 @@ def test_failure_policy_follows_exit_codes(
     for docs, fail in ((base, "FailIndex"), (sequential, "FailJob")):
         spec = only(docs, "Job")["spec"]
         rules = spec["podFailurePolicy"]["rules"]
-        assert [r["action"] for r in rules] == ["Ignore", fail, "Count"]
-        assert rules[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+        # The job's own verdicts first, then disruptions, then the counted preemption.
+        assert [r["action"] for r in rules] == ["FailJob", fail, "Ignore", "Count"]
+        assert rules[0]["onExitCodes"]["values"] == [EXIT_JOB_SHAPE]
         assert rules[1]["onExitCodes"] == {
             "containerName": "train",
             "operator": "In",
             "values": [2, 3],
         }
-        assert rules[2]["onExitCodes"]["values"] == [75]
+        assert rules[2]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+        assert rules[3]["onExitCodes"]["values"] == [75]
         assert spec["ttlSecondsAfterFinished"] > 0
         assert spec["activeDeadlineSeconds"] > 0
         assert spec["podReplacementPolicy"] == "Failed"
@@ -135,37 +171,44 @@ def test_sequential_variant_is_one_pod(sequential: list[dict[str, Any]]) -> None
 def test_gpu_shm_and_volumes(base: list[dict[str, Any]]) -> None:
     spec = only(base, "Job")["spec"]["template"]["spec"]
     container = spec["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1
+    # Guaranteed QoS.
+    for name in ("cpu", "memory"):
+        assert resources["limits"][name] == resources["requests"][name]
+    # No GPU feature discovery selector; the GKE/EKS and AKS GPU taints are tolerated.
+    assert "nodeSelector" not in spec
+    assert [t["key"] for t in spec["tolerations"]] == ["nvidia.com/gpu", "sku"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
     assert mounts["/dev/shm"]["name"] == "dshm"
     assert mounts["/models"]["readOnly"] is True
     assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
-    claims = {d["metadata"]["name"] for d in base if d["kind"] == "PersistentVolumeClaim"}
-    assert volumes["models"]["persistentVolumeClaim"]["claimName"] in claims
     assert volumes["signing-key"]["secret"]["secretName"] == "oneseek-job-signing-key"
-    secrets = {
-        e["valueFrom"]["secretKeyRef"]["name"]
-        for e in container["env"]
-        if "secretKeyRef" in e.get("valueFrom", {})
-    }
-    assert secrets == {"oneseek-job-s3"}
+    # Missing Secrets are found at pre-flight (exit 2), not CreateContainerConfigError.
+    assert volumes["signing-key"]["secret"]["optional"] is True
+    refs = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert {r["name"] for r in refs} == {"oneseek-job-s3"}
+    assert all(r["optional"] is True for r in refs)
+    assert {"name": "ONESEEK_CREDENTIALS_SECRET", "value": "oneseek-job-s3"} in container["env"]
+    # Pinned by digest, so a retry never runs other code than the first attempt.
+    assert re.fullmatch(r"ghcr\.io/oneseek/oneseek-job@sha256:[0-9a-f]{64}", container["image"])
 
 
-def test_run_id_is_per_job_and_expands(base: list[dict[str, Any]]) -> None:
+def test_run_id_is_stable_across_re_applies(base: list[dict[str, Any]]) -> None:
+    """RUN_ID comes from the kustomization, not the Job's uid: a re-apply after the TTL
+    deleted the Job names the same run (already certified) instead of retraining."""
     env = env_of(only(base, "Job"))
-    names = [e["name"] for e in env]
     run_id = next(e for e in env if e["name"] == "RUN_ID")
-    assert run_id["value"] == "run-$(ONESEEK_JOB_UID)"
-    # $(VAR) only expands variables defined earlier in the list.
-    assert names.index("ONESEEK_JOB_UID") < names.index("RUN_ID")
-    uid = next(e for e in env if e["name"] == "ONESEEK_JOB_UID")
-    assert uid["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.labels['batch.kubernetes.io/controller-uid']"
-    )
+    configmap = only(base, "ConfigMap")
+    assert run_id["valueFrom"]["configMapKeyRef"] == {
+        "name": configmap["metadata"]["name"],
+        "key": "RUN_ID",
+    }
+    assert RUN_ID_PATTERN.fullmatch(configmap["data"]["RUN_ID"])
+    assert "ONESEEK_JOB_UID" not in str(run_id)
+    assert kustomize(K8S) == base  # the same build twice: the same names and RUN_ID
 
 
 def test_rbac_is_least_privilege(base: list[dict[str, Any]]) -> None:
@@ -179,6 +222,7 @@ def test_rbac_is_least_privilege(base: list[dict[str, Any]]) -> None:
             "resourceNames": [job["metadata"]["name"]],
             "verbs": ["patch"],
         },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
     ]
     binding = only(base, "RoleBinding")
     account = only(base, "ServiceAccount")
@@ -192,7 +236,9 @@ def test_base_matches_the_chart(base: list[dict[str, Any]]) -> None:
     """Two renderings of one design: they must not drift apart."""
     with chart.Chart.load(ROOT / "helm" / "oneseek-job") as loaded:
         manifests = loaded.render({}, name="oneseek", namespace="oneseek")
-    rendered = load_docs("\n---\n".join(v for k, v in manifests.items() if k.endswith("job.yaml")))
+    rendered = load_docs(
+        "\n---\n".join(v for k, v in manifests.items() if k.endswith(("job.yaml", "role.yaml")))
+    )
     helm_job = only(rendered, "Job")
     kust_job = only(base, "Job")
     assert helm_job["spec"]["podFailurePolicy"] == kust_job["spec"]["podFailurePolicy"]
@@ -201,6 +247,8 @@ def test_base_matches_the_chart(base: list[dict[str, Any]]) -> None:
     helm_pod = helm_job["spec"]["template"]["spec"]
     kust_pod = kust_job["spec"]["template"]["spec"]
     assert helm_pod["securityContext"] == kust_pod["securityContext"]
+    assert helm_pod["tolerations"] == kust_pod["tolerations"]
+    assert only(rendered, "Role")["rules"][2:] == only(base, "Role")["rules"][2:]
     helm_c, kust_c = helm_pod["containers"][0], kust_pod["containers"][0]
     assert helm_c["securityContext"] == kust_c["securityContext"]
     assert helm_c["resources"] == kust_c["resources"]
@@ -236,8 +284,13 @@ def test_argocd_application_renders_the_chart() -> None:
 
     job = job_of(manifests)
     validate_strict(job)
-    # Kept after it finishes, so a sync never sees it missing and re-creates it.
+    # Kept after it finishes, so a sync never sees it missing and re-creates it; no hook.
     assert "ttlSecondsAfterFinished" not in job["spec"]
+    assert "argocd.argoproj.io/hook" not in job["metadata"]["annotations"]
+    # Argo CD never runs helm test: verify runs as a PostSync hook Job.
+    hooks = load_docs(manifests["oneseek-job/templates/postsync-verify.yaml"])
+    assert [h["metadata"]["annotations"]["argocd.argoproj.io/hook"] for h in hooks] == ["PostSync"]
+    validate_strict(hooks[0])
     assert job["spec"]["completions"] == len(values["baseModels"])
     # Unchanged Git: same Job name (nothing to sync). Changed BASE_MODELS: a new Job.
     assert job_of(again)["metadata"]["name"] == job["metadata"]["name"]

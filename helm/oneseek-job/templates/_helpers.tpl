@@ -74,9 +74,11 @@ Number of Job indices: one per model in indexed mode, one pod in sequential mode
 {{- end }}
 
 {{/*
-Hash of what the training produces: models, data, code (image), hyper-parameters and the
-release identity. It names the run, so retries, all indices and an unchanged upgrade share
-one RUN_ID, and a changed input gets a new one.
+Hash of what the training produces: models, data, code (image), hyper-parameters,
+MODEL_VERSION, where it is published and the release identity. It names both the run and
+the Job, so retries, all indices and an unchanged upgrade share one RUN_ID and one Job, a
+changed input gets a new Job and a new RUN_ID, and everything else (parallelism, TTL,
+deadline, annotations) patches the existing Job in place.
 */}}
 {{- define "oneseek-job.runHash" -}}
 {{- $inputs := dict
@@ -92,6 +94,7 @@ one RUN_ID, and a changed input gets a new one.
   "training" .Values.training
   "extraArgs" .Values.extraArgs
   "runNonce" .Values.runNonce
+  "runId" .Values.runId
 -}}
 {{- toJson $inputs | sha256sum }}
 {{- end }}
@@ -106,27 +109,19 @@ one RUN_ID, and a changed input gets a new one.
 {{- end }}
 
 {{/*
-Hash of everything the Job spec is made from (all values but the test pod's, the chart
-version and the release). A Job's pod template is immutable, so any change must get a new
-Job name; equal values give the same name, so an unchanged upgrade or sync is a no-op.
+The Job's identity: the run hash plus the mode (completionMode cannot change on a Job).
 */}}
-{{- define "oneseek-job.configHash" -}}
-{{- $inputs := dict
-  "values" (omit .Values "test" "argocd")
-  "chart" .Chart.Version
-  "release" .Release.Name
-  "namespace" .Release.Namespace
--}}
-{{- toJson $inputs | sha256sum | trunc 10 }}
+{{- define "oneseek-job.jobHash" -}}
+{{- printf "%s/%s" (include "oneseek-job.runHash" .) .Values.mode | sha256sum | trunc 10 }}
 {{- end }}
 
 {{/*
-Job name "<fullname>-<config hash>". Pods of an Indexed Job are named
+Job name "<fullname>-<job hash>". Pods of an Indexed Job are named
 "<job>-<index>-<5 random>" and their hostnames "<job>-<index>", both DNS labels, so the
 prefix is cut to 40 characters to leave room for 10 hash digits and the index.
 */}}
 {{- define "oneseek-job.jobName" -}}
-{{- printf "%s-%s" (include "oneseek-job.fullname" . | trunc 40 | trimSuffix "-") (include "oneseek-job.configHash" .) }}
+{{- printf "%s-%s" (include "oneseek-job.fullname" . | trunc 40 | trimSuffix "-") (include "oneseek-job.jobHash" .) }}
 {{- end }}
 
 {{/* The ConfigMap snapshot of BASE_MODELS this Job reads (immutable; named like the Job). */}}
@@ -184,16 +179,164 @@ Hyper-parameters as ONESEEK_* env vars; a null value emits nothing, so the CLI d
 {{- end }}
 {{- with .Values.artifacts.credentialsSecret }}
 {{- if .name }}
+{{- /* optional: a missing Secret is reported by the job's pre-flight (exit 2, naming it)
+  instead of leaving the pod in CreateContainerConfigError until the deadline. */}}
+- name: ONESEEK_CREDENTIALS_SECRET
+  value: {{ .name | quote }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
       name: {{ .name }}
       key: {{ .accessKeyIdKey }}
+      optional: true
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
       name: {{ .name }}
       key: {{ .secretAccessKeyKey }}
+      optional: true
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+Model names as the job's discovery normalizes them (lower-case, every run of
+non-alphanumerics one "-", no leading or trailing "-"), so two spellings of one model are
+caught at render time; discovery refuses them again at run time.
+*/}}
+{{- define "oneseek-job.checkModelAliases" -}}
+{{- $seen := dict }}
+{{- range .Values.baseModels }}
+{{- $key := regexReplaceAll "[^a-z0-9]+" (lower .) "-" | trimAll "-" }}
+{{- if hasKey $seen $key }}
+{{- fail (printf "baseModels: %q and %q name the same model %q; list each model once" (get $seen $key) . $key) }}
+{{- end }}
+{{- $_ := set $seen $key . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Resources with limits equal to requests (Guaranteed QoS): a missing CPU or memory limit is
+filled from its request, a different one is refused. The GPU limit comes from `gpu`.
+*/}}
+{{- define "oneseek-job.resources" -}}
+{{- $requests := .Values.resources.requests | default dict }}
+{{- $limits := deepCopy (.Values.resources.limits | default dict) }}
+{{- range $name := list "cpu" "memory" }}
+{{- if not (hasKey $requests $name) }}
+{{- fail (printf "resources.requests.%s is required (Guaranteed QoS needs CPU and memory requests equal to limits)" $name) }}
+{{- end }}
+{{- $request := get $requests $name | toString }}
+{{- if and (hasKey $limits $name) (ne (get $limits $name | toString) $request) }}
+{{- fail (printf "resources.limits.%s (%v) must equal resources.requests.%s (%s): requests below limits make the pod Burstable, evicted first under node pressure" $name (get $limits $name) $name $request) }}
+{{- end }}
+{{- $_ := set $limits $name (get $requests $name) }}
+{{- end }}
+{{- if .Values.gpu.enabled }}
+{{- $_ := set $limits .Values.gpu.resourceName (.Values.gpu.count | int) }}
+{{- end }}
+{{- toYaml (dict "requests" $requests "limits" $limits) }}
+{{- end }}
+
+{{/*
+A created PVC needs an explicit StorageClass and access modes: the cluster default is often
+a ReadWriteOnce block volume (gp3, pd-balanced, Azure Disk) that parallel pods on several
+nodes cannot share, and an access mode the class cannot serve leaves the claim Pending.
+*/}}
+{{- define "oneseek-job.checkClaim" -}}
+{{- $what := index . 0 }}
+{{- $v := index . 1 }}
+{{- if not $v.existingClaim }}
+{{- if or (not $v.storageClassName) (not $v.accessModes) }}
+{{- fail (printf "%s: set %s.existingClaim, or %s.storageClassName and %s.accessModes for the chart to create the claim" $what $what $what $what) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The required node affinity of the pods: the user's `affinity` with the GPU product
+expression added to every required node selector term (terms are ORed, expressions ANDed).
+*/}}
+{{- define "oneseek-job.affinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) }}
+{{- if and .Values.gpu.enabled .Values.gpu.product.values }}
+{{- $expression := dict "key" .Values.gpu.product.labelKey "operator" "In" "values" .Values.gpu.product.values }}
+{{- $node := get $affinity "nodeAffinity" | default dict }}
+{{- $required := get $node "requiredDuringSchedulingIgnoredDuringExecution" | default dict }}
+{{- $terms := get $required "nodeSelectorTerms" | default (list (dict)) }}
+{{- $merged := list }}
+{{- range $terms }}
+{{- $term := deepCopy . }}
+{{- $_ := set $term "matchExpressions" (append (get $term "matchExpressions" | default list) $expression) }}
+{{- $merged = append $merged $term }}
+{{- end }}
+{{- $_ := set $required "nodeSelectorTerms" $merged }}
+{{- $_ := set $node "requiredDuringSchedulingIgnoredDuringExecution" $required }}
+{{- $_ := set $affinity "nodeAffinity" $node }}
+{{- end }}
+{{- with $affinity }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pod spec of `oneseek-job verify` on this release's run: the helm test pod and the
+Argo CD PostSync Job. Runs as the job's ServiceAccount (IRSA / workload identity give it
+the same S3 access), accepts an unsigned run only when signing is off.
+*/}}
+{{- define "oneseek-job.verifyPodSpec" -}}
+restartPolicy: Never
+serviceAccountName: {{ include "oneseek-job.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+containers:
+  - name: verify
+    image: {{ include "oneseek-job.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    args:
+      - verify
+      - {{ .Values.artifacts.uri | quote }}
+      - --run-id
+      - {{ include "oneseek-job.runId" . | quote }}
+      {{- if .Values.signing.publicKey }}
+      - --public-key
+      - /etc/oneseek/verify/public-key.pem
+      {{- end }}
+      {{- if not .Values.signing.enabled }}
+      - --allow-unsigned
+      {{- end }}
+    env:
+      {{- include "oneseek-job.storageEnv" . | nindent 6 }}
+    resources:
+      {{- toYaml .Values.test.resources | nindent 6 }}
+    securityContext:
+      {{- toYaml .Values.securityContext | nindent 6 }}
+    volumeMounts:
+      - name: tmp
+        mountPath: /tmp
+      {{- if .Values.signing.publicKey }}
+      - name: verify-key
+        mountPath: /etc/oneseek/verify
+        readOnly: true
+      {{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: 1Gi
+  {{- if .Values.signing.publicKey }}
+  - name: verify-key
+    configMap:
+      name: {{ include "oneseek-job.verifyKeyName" . }}
+  {{- end }}
+{{- end }}
+
+{{/* ConfigMap with the public half of the signing key, for verify. */}}
+{{- define "oneseek-job.verifyKeyName" -}}
+{{- printf "%s-verify-key" (include "oneseek-job.fullname" . | trunc 52 | trimSuffix "-") }}
 {{- end }}
