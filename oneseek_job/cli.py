@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from oneseek_job import __version__
-from oneseek_job.errors import EXIT_FAILED, EXIT_PREEMPTED, JobError
+from oneseek_job.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, JobError
 
 if TYPE_CHECKING:
     from oneseek_job.config import JobSettings
+    from oneseek_job.kube import KubeContext
 
 __all__ = ["app", "main"]
 
@@ -186,6 +187,14 @@ def train(
             "skip_bad_records": skip_bad_records or None,
         },
     }
+    if configmap and os.environ.get("JOB_COMPLETION_INDEX", "").strip():
+        # Each pod of an Indexed Job would read the live ConfigMap at its own start (and
+        # again on every retry), so two indices could see two different lists.
+        raise ConfigError(
+            f"--configmap {configmap} is refused in an Indexed Job (JOB_COMPLETION_INDEX is "
+            "set): pods could read different lists; pass BASE_MODELS from an immutable "
+            "snapshot (the chart's baseModels) or run one pod (mode=sequential)"
+        )
     if configmap:
         overrides["base_models"] = (
             base_models if base_models else _base_models_from_configmap(configmap)
@@ -198,7 +207,9 @@ def _run_training(settings: JobSettings) -> None:
     from oneseek_job.kube import JobReporter, KubeContext
     from oneseek_job.run import train_job
 
-    reporter = JobReporter(KubeContext.from_environment(os.environ))
+    context = KubeContext.from_environment(os.environ)
+    settings = _with_running_image_digest(settings, context)
+    reporter = JobReporter(context)
     try:
         train_job(settings, reporter)
     except JobError as error:
@@ -207,6 +218,28 @@ def _run_training(settings: JobSettings) -> None:
         raise
     finally:
         reporter.close()
+
+
+def _with_running_image_digest(settings: JobSettings, context: KubeContext) -> JobSettings:
+    """Record the digest the kubelet actually pulled (the pod's status) in the provenance.
+
+    It wins over ONESEEK_IMAGE_DIGEST, which only says what the chart was told; outside a
+    cluster, or when the pod cannot tell, the configured value stays.
+    """
+    from oneseek_job.kube import pod_image_digest
+    from oneseek_job.logs import get_logger
+
+    running = pod_image_digest(context)
+    if running is None or running == settings.image_digest:
+        return settings
+    if settings.image_digest is not None:
+        get_logger(__name__).warning(
+            "image_digest_differs",
+            configured=settings.image_digest,
+            running=running,
+            recorded=running,
+        )
+    return settings.model_copy(update={"image_digest": running})
 
 
 def _base_models_from_configmap(name: str) -> str:

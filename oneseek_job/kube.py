@@ -1,4 +1,5 @@
-"""In-cluster extras: BASE_MODELS from a ConfigMap, Events on the Job, run annotations.
+"""In-cluster extras: BASE_MODELS from a ConfigMap, Events on the Job, run annotations, and
+the digest of the image this pod runs (from its own status, for the provenance).
 
 Everything here is optional comfort around the training run. Reading a ConfigMap that the
 user asked for (``train --configmap``) fails loudly, because the run would otherwise train
@@ -10,13 +11,15 @@ Nothing here reads ``os.environ``: ``cli.py`` builds a :class:`KubeContext` with
 inside functions so ``discover`` and ``verify`` start fast.
 
 RBAC this module needs (and the chart's Role grants, nothing more):
-``create`` on ``events``; ``patch`` on ``jobs`` (its own Job); ``get`` on ``configmaps``
+``create`` on ``events``; ``patch`` on ``jobs`` (its own Job); ``get`` on ``pods`` (its own
+pod's status; pod names are random, so not narrowed by name); ``get`` on ``configmaps``
 only for the names given to ``--configmap``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ __all__ = [
     "KubeContext",
     "in_cluster",
     "parse_base_models",
+    "pod_image_digest",
     "read_base_models_from_configmap",
 ]
 
@@ -45,6 +49,11 @@ COMPONENT = "oneseek-job"
 REQUEST_TIMEOUT = (5.0, 10.0)
 # Event messages are cut by the API server at 1 KiB (events.k8s.io); stay under it.
 MAX_MESSAGE = 1000
+# The training container's name in the chart and the kustomize base.
+CONTAINER = "train"
+# A registry digest at the end of a container status' imageID, whatever the runtime's prefix
+# ("docker-pullable://repo@sha256:…", "repo@sha256:…").
+_REPO_DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})$")
 
 log = get_logger(__name__)
 
@@ -231,6 +240,49 @@ def read_base_models_from_configmap(
         raise ConfigError(f"ConfigMap {namespace}/{name}: {key} is empty; list at least one model")
     log.info("configmap_read", tag="config", configmap=name, base_models=models)
     return models
+
+
+def pod_image_digest(ctx: KubeContext, container: str = CONTAINER) -> str | None:
+    """The registry digest of the image this pod's ``container`` runs, from the pod's status.
+
+    The kubelet resolves a tag to the digest it actually pulled, so this is what ran even
+    when the pod spec names a mutable tag. Best effort: outside a cluster, without RBAC
+    (``get`` on ``pods``) or when the runtime reports no registry digest (an image loaded
+    locally has only an image id) it logs why and returns None. Never raises.
+
+    Args:
+        ctx: where we run; ``pod_name`` and ``namespace`` name the pod.
+        container: the container whose image is wanted; falls back to the only container.
+    """
+    if not in_cluster(ctx) or not ctx.pod_name:
+        return None
+    from kubernetes import client
+
+    namespace = ctx.namespace or "default"
+    try:
+        with _api_client(ctx) as api:
+            pod = client.CoreV1Api(api).read_namespaced_pod(
+                ctx.pod_name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+    except Exception as error:  # RBAC, network, TLS: provenance then says "unknown"
+        log.warning(
+            "image_digest_unknown",
+            reason=f"reading pod {namespace}/{ctx.pod_name} failed: "
+            f"{_status(error) or type(error).__name__}; the Role needs get on pods",
+        )
+        return None
+    statuses = list((pod.status and pod.status.container_statuses) or [])
+    mine = [s for s in statuses if s.name == container] or (statuses if len(statuses) == 1 else [])
+    image_id = (mine[0].image_id or "") if mine else ""
+    match = _REPO_DIGEST.search(image_id)
+    if match is None:
+        log.warning(
+            "image_digest_unknown",
+            reason=f"container {container!r} reports no registry digest "
+            f"(imageID {image_id[:100]!r})",
+        )
+        return None
+    return match.group(1)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from oneseek_job.errors import (
     ConfigError,
     InputError,
     JobError,
+    JobShapeError,
     VerificationError,
 )
 from oneseek_job.logs import bind, get_logger
@@ -83,6 +84,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         raise ConfigError("BASE_MODELS is empty: set it to comma-separated model names")
     if settings.dataset is None:
         raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
+    _check_model_count(settings)
     report = discover(settings.models_dir, allow_pickle=settings.allow_pickle)
     # Bounded: BASE_MODELS comes from a ConfigMap and may be arbitrarily long.
     log.info(
@@ -92,6 +94,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         count=len(settings.base_models),
     )
     resolutions = resolve_base_models(settings.base_models, report)
+    _refuse_aliases(resolutions)
     selected = _select(resolutions, settings.job_completion_index)
     log.info(
         "mode",
@@ -162,6 +165,35 @@ def _model_failed(reporter: Reporter, key: str, error: JobError) -> JobError:
     log.error("model_failed", tag="training", model=key, error=str(error))
     reporter.failed(f"{key}: {error}")
     return error
+
+
+def _check_model_count(settings: JobSettings) -> None:
+    """The Job was rendered for ONESEEK_MODEL_COUNT models; BASE_MODELS must hold as many.
+
+    Otherwise the Job's completions and its list drifted apart: too few indices and the run
+    is never certified, too many and the extra index fails a certified run.
+
+    Raises:
+        JobShapeError: the counts differ (exit 4: the Job's FailJob rule stops every index).
+    """
+    expected = settings.model_count
+    if expected is None or expected == len(settings.base_models):
+        return
+    raise JobShapeError(
+        f"this Job was made for {expected} model(s) (ONESEEK_MODEL_COUNT, the Job's "
+        f"completions) but BASE_MODELS lists {len(settings.base_models)}; render the Job "
+        "again from one list (helm upgrade, or completions in k8s/base/job.yaml)"
+    )
+
+
+def _refuse_aliases(resolutions: list[Resolution]) -> None:
+    """Two spellings of one model would shift every later index onto the wrong model."""
+    aliased = [r for r in resolutions if len(r.requested) > 1]
+    if aliased:
+        shown = "; ".join(
+            f"{', '.join(repr(n) for n in r.requested)} all name {r.key}" for r in aliased[:3]
+        )
+        raise ConfigError(f"BASE_MODELS lists a model more than once ({shown}): list it once")
 
 
 def _select(resolutions: list[Resolution], index: int | None) -> list[Resolution]:

@@ -124,7 +124,9 @@ def test_pods_are_restricted_pss(loaded: chart.Chart, scenario: Path) -> None:
     docs = render(loaded, scenario_values(scenario))
     specs = [s for s in (pod_spec(d) for d in docs) if s is not None]
     # The training Job, the helm test pod and, with argocd.postSyncVerify, the verify Job.
-    assert len(specs) == 2 + bool(merged(loaded, scenario_values(scenario))["argocd"]["postSyncVerify"])
+    assert len(specs) == 2 + bool(
+        merged(loaded, scenario_values(scenario))["argocd"]["postSyncVerify"]
+    )
     for spec in specs:
         assert restricted_violations(spec) == []
 
@@ -386,9 +388,9 @@ def test_job_identity_follows_training_inputs_only(loaded: chart.Chart) -> None:
     assert RUN_ID_PATTERN.fullmatch(run_id)
     assert DNS_LABEL.fullmatch(name) and len(name) <= 52
     # The Job name carries the run hash: one run, one Job.
-    assert name.endswith("-" + only(render(loaded, base), "Job")["metadata"]["annotations"][
-        "oneseek.ai/job-hash"
-    ])
+    assert name.endswith(
+        "-" + only(render(loaded, base), "Job")["metadata"]["annotations"]["oneseek.ai/job-hash"]
+    )
 
     # Same values, same names: an unchanged upgrade or sync is a no-op.
     assert _job_identity(loaded, copy.deepcopy(base)) == (name, run_id)
@@ -566,7 +568,9 @@ def test_verify_pods_check_this_release_run(loaded: chart.Chart) -> None:
 
 
 def test_verify_accepts_unsigned_only_when_signing_is_off(loaded: chart.Chart) -> None:
-    unsigned = _verify_pods(render(loaded, scenario_values(CHART_DIR / "ci" / "argocd-values.yaml")))
+    unsigned = _verify_pods(
+        render(loaded, scenario_values(CHART_DIR / "ci" / "argocd-values.yaml"))
+    )
     assert set(unsigned) == {"helm-test", "post-sync"}
     for spec in unsigned.values():
         assert spec["containers"][0]["args"][-1] == "--allow-unsigned"
@@ -731,7 +735,7 @@ def test_aliases_of_one_model_are_refused_at_render(
     # The template's normalization is discovery's: same key for both spellings.
     assert len({normalize_model_name(n) for n in names if n != "x"}) == 1
     assert normalize_model_name(names[0]) == key
-    with pytest.raises(HelmRenderError, match=f"name the same model \"{key}\""):
+    with pytest.raises(HelmRenderError, match=f'name the same model "{key}"'):
         render(loaded, {"baseModels": names})
 
 
@@ -760,7 +764,12 @@ def test_aliases_of_one_model_are_refused_at_render(
         ({"extraArgs": ["--configmap=admin-models"]}, "--configmap is refused in indexed"),
         # Burstable QoS is refused.
         (
-            {"resources": {"requests": {"cpu": "4", "memory": "48Gi"}, "limits": {"memory": "64Gi"}}},
+            {
+                "resources": {
+                    "requests": {"cpu": "4", "memory": "48Gi"},
+                    "limits": {"memory": "64Gi"},
+                }
+            },
             "resources.limits.memory (64Gi) must equal resources.requests.memory (48Gi)",
         ),
         ({"resources": {"requests": {"cpu": None}}}, "resources.requests.cpu is required"),

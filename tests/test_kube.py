@@ -25,6 +25,7 @@ from oneseek_job.kube import (
     JobReporter,
     KubeContext,
     in_cluster,
+    pod_image_digest,
     read_base_models_from_configmap,
 )
 
@@ -47,6 +48,7 @@ class FakeApi:
     """State shared with the handler: canned answers and the requests received."""
 
     configmaps: dict[str, dict[str, str]] = field(default_factory=dict)
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pod status
     forbid: set[str] = field(default_factory=set)  # "configmaps", "events", "jobs"
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
@@ -99,7 +101,20 @@ def _handler(state: FakeApi) -> type[BaseHTTPRequestHandler]:
             parts = record.path.strip("/").split("/")
             if self.command == "GET" and parts[:3] == ["api", "v1", "namespaces"]:
                 ns, resource, name = parts[3], parts[4], parts[5]
-                if resource in state.forbid:
+                if resource == "pods" and resource not in state.forbid:
+                    if name in state.pods:
+                        self._reply(
+                            200,
+                            {
+                                "apiVersion": "v1",
+                                "kind": "Pod",
+                                "metadata": {"name": name, "namespace": ns},
+                                "status": state.pods[name],
+                            },
+                        )
+                    else:
+                        self._reply(404, _status(404, "NotFound", f'pods "{name}" not found'))
+                elif resource in state.forbid:
                     self._reply(
                         403,
                         _status(403, "Forbidden", f'configmaps "{name}" is forbidden'),
@@ -395,3 +410,69 @@ def test_kube_module_does_not_import_kubernetes_at_import_time() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
     assert kube.__all__  # the module's public surface is declared
+
+
+POD = f"{JOB}-0-abcde"
+DIGEST = "sha256:" + "4f" * 32
+
+
+def _container(name: str, image_id: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "ghcr.io/oneseek/oneseek-job:0.1.0",
+        "imageID": image_id,
+        "ready": True,
+        "restartCount": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "image_id",
+    [
+        f"ghcr.io/oneseek/oneseek-job@{DIGEST}",  # containerd
+        f"docker-pullable://ghcr.io/oneseek/oneseek-job@{DIGEST}",  # dockershim / cri-dockerd
+    ],
+)
+def test_image_digest_comes_from_the_pods_own_status(
+    api: FakeApi, sa_dir: Path, image_id: str
+) -> None:
+    other = "sha256:" + "0a" * 32
+    api.pods[POD] = {
+        "containerStatuses": [
+            _container("metrics-sidecar", f"docker.io/library/busybox@{other}"),
+            _container("train", image_id),
+        ]
+    }
+    assert pod_image_digest(_ctx(api, sa_dir)) == DIGEST
+    [request] = api.of("GET")
+    assert request.path == f"/api/v1/namespaces/{NS}/pods/{POD}"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_image_digest_unknown_is_none_never_an_error(api: FakeApi, sa_dir: Path) -> None:
+    # An image loaded into the node's runtime by hand has an image id, not a registry digest.
+    api.pods[POD] = {"containerStatuses": [_container("train", "sha256:" + "1b" * 32)]}
+    assert pod_image_digest(_ctx(api, sa_dir)) is None
+    # No such pod, RBAC forbids it, or not in a cluster at all: None, and no exception.
+    assert pod_image_digest(_ctx(api, sa_dir, pod_name="gone")) is None
+    api.forbid.add("pods")
+    api.pods[POD] = {"containerStatuses": [_container("train", f"repo@{DIGEST}")]}
+    assert pod_image_digest(_ctx(api, sa_dir)) is None
+    requests = len(api.requests)
+    assert pod_image_digest(_ctx(api, sa_dir, server=None)) is None
+    assert len(api.requests) == requests
+
+
+def test_train_records_the_running_digest(api: FakeApi, sa_dir: Path) -> None:
+    """What the provenance gets: the pod's digest wins over a configured one (a tag or a
+    stale ONESEEK_IMAGE_DIGEST), and the configured one stays when the pod cannot say."""
+    from oneseek_job.cli import _with_running_image_digest
+    from oneseek_job.config import load_settings
+
+    api.pods[POD] = {"containerStatuses": [_container("train", f"repo@{DIGEST}")]}
+    configured = load_settings(image_digest="sha256:" + "99" * 32)
+    assert _with_running_image_digest(configured, _ctx(api, sa_dir)).image_digest == DIGEST
+    assert _with_running_image_digest(load_settings(), _ctx(api, sa_dir)).image_digest == DIGEST
+    api.forbid.add("pods")
+    kept = _with_running_image_digest(configured, _ctx(api, sa_dir))
+    assert kept.image_digest == configured.image_digest

@@ -188,7 +188,11 @@ def test_gpu_shm_and_volumes(base: list[dict[str, Any]]) -> None:
     assert volumes["signing-key"]["secret"]["secretName"] == "oneseek-job-signing-key"
     # Missing Secrets are found at pre-flight (exit 2), not CreateContainerConfigError.
     assert volumes["signing-key"]["secret"]["optional"] is True
-    refs = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
     assert {r["name"] for r in refs} == {"oneseek-job-s3"}
     assert all(r["optional"] is True for r in refs)
     assert {"name": "ONESEEK_CREDENTIALS_SECRET", "value": "oneseek-job-s3"} in container["env"]
