@@ -17,11 +17,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from oneseek_job import __version__
-from oneseek_job.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, JobError
+from oneseek_job.errors import (
+    EXIT_FAILED,
+    EXIT_PREEMPTED,
+    ConfigError,
+    JobError,
+    VerificationError,
+)
 
 if TYPE_CHECKING:
     from oneseek_job.config import JobSettings
     from oneseek_job.kube import KubeContext
+    from oneseek_job.verify import VerifyReport
 
 __all__ = ["app", "main"]
 
@@ -204,8 +211,8 @@ def train(
 
 def _run_training(settings: JobSettings) -> None:
     """train_job with Kubernetes Events/annotations when in a Job (a no-op reporter outside)."""
+    from oneseek_job.job import train_job
     from oneseek_job.kube import JobReporter, KubeContext
-    from oneseek_job.run import train_job
 
     context = KubeContext.from_environment(os.environ)
     settings = _with_running_image_digest(settings, context)
@@ -309,7 +316,7 @@ def certify(
     settings = _settings(
         run_id=run_id, artifacts_uri=artifacts_uri, create_bucket=create_bucket or None
     )
-    from oneseek_job.run import certify_job
+    from oneseek_job.job import certify_job
 
     certify_job(settings)
 
@@ -340,16 +347,40 @@ def verify(
     _setup_logging(to_stderr=True)
     # --current wins over a RUN_ID in the environment: it is the explicit question.
     settings = _settings(artifacts_uri=artifacts_uri, run_id=None if current else run_id)
-    from oneseek_job.run import verify_job
+    from oneseek_job.job import verify_job
 
-    verify_job(
+    report = verify_job(
         settings,
         run_id=run_id,
         current=current or run_id is None,
         public_key_file=public_key,
         allow_unsigned=allow_unsigned,
-        as_json=as_json,
     )
+    _print_verdict(report, as_json=as_json)
+    if not report.ok:
+        failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
+        raise VerificationError(f"run {report.run_id} does not verify: " + "; ".join(failed))
+
+
+def _print_verdict(report: VerifyReport, *, as_json: bool) -> None:
+    if as_json:
+        document = {
+            "run_id": report.run_id,
+            "ok": report.ok,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"verify {report.run_id}: {'OK' if report.ok else 'FAILED'}")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for check in report.checks:
+        table.add_row(check.name, "ok" if check.ok else "FAIL", check.detail)
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
 
 
 @app.command()

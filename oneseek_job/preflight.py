@@ -236,12 +236,12 @@ def check_models(ctx: Preflight) -> None:
 
 
 def _check_artifact_names(settings: JobSettings, resolution: Resolution) -> None:
-    from oneseek_job import artifacts
+    from oneseek_job import layout
 
     key = resolution.key
     names = [
-        artifacts.adapter_dir_name(key),
-        artifacts.weights_file_name(settings.model_version, key),
+        layout.adapter_dir_name(key),
+        layout.weights_file_name(settings.model_version, key),
     ]
     longest = max(names, key=lambda n: len(n.encode()))
     if len(longest.encode()) > MAX_ARTIFACT_NAME_BYTES:
@@ -252,7 +252,7 @@ def _check_artifact_names(settings: JobSettings, resolution: Resolution) -> None
             f"{MAX_ARTIFACT_NAME_BYTES - (len(longest) - len(key))} characters"
         )
     s3_key = (
-        f"{artifacts.run_prefix(settings.run_id)}lora_adapters/{names[0]}/adapter_model.safetensors"
+        f"{layout.run_prefix(settings.run_id)}lora_adapters/{names[0]}/adapter_model.safetensors"
     )
     if len(s3_key.encode()) > MAX_S3_KEY_BYTES - 200:  # room for an ARTIFACTS_URI prefix
         raise InputError(f"artifact keys for {key[:60]!r}… would exceed S3's 1024-byte limit")

@@ -1,8 +1,8 @@
-"""Artifact stores: one ``Store`` protocol, ``LocalStore`` and ``S3Store``, and the commit protocol.
+"""Artifact stores: one ``Store`` protocol, ``LocalStore`` and ``S3Store`` — bytes and keys only.
 
-INTERFACE CONTRACT (other modules rely on exactly this; the storage issue fills in the bodies).
-Keys are '/'-separated paths relative to the store root (ARTIFACTS_URI), never starting
-with '/', never containing '..'.
+Nothing here knows what a run is (the commit protocol is ``certify``'s). Keys are
+'/'-separated paths relative to the store root (ARTIFACTS_URI), never starting with '/',
+never containing '..'.
 
 Guarantees both stores give:
 - An object is either absent, the previous complete version, or the new complete version:
@@ -13,10 +13,6 @@ Guarantees both stores give:
   upload against the server's composite part checksum), so ``put_file`` skips an object
   already stored with the same content and a re-run after a crash uploads only what is missing.
 - ``put_bytes(..., if_none_match=True)`` lets exactly one of several racing writers win.
-
-The commit protocol (DESIGN.md): ``upload_tree`` the run's files, ``commit_run`` writes
-MANIFEST.json last with a conditional put, ``promote_run`` server-side copies the adapters
-and weights to the latest paths and writes CURRENT last.
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
-from oneseek_job import artifacts
 from oneseek_job.digests import sha256_bytes, sha256_file
 from oneseek_job.errors import ConfigError, InputError, StorageError
 from oneseek_job.logs import get_logger, redact_text, register_secret
@@ -53,12 +48,8 @@ __all__ = [
     "S3Store",
     "Store",
     "check_writable",
-    "commit_run",
-    "is_committed",
     "open_store",
     "parse_s3_uri",
-    "promote_run",
-    "read_current",
     "store_from_settings",
     "upload_tree",
 ]
@@ -970,7 +961,7 @@ def _check_bucket(store: S3Store, *, create_bucket: bool, region: str | None) ->
 
 
 # --------------------------------------------------------------------------------------------
-# commit protocol
+# trees
 
 
 def upload_tree(
@@ -1043,88 +1034,3 @@ def upload_tree(
 
 def _mbps(size: int, seconds: float) -> float:
     return round(size / MiB / seconds, 1) if seconds > 0 else 0.0
-
-
-def commit_run(store: Store, run_id: str, manifest: bytes, signature: bytes | None) -> bool:
-    """Commit a run: write ``MANIFEST.json.sig`` (if any), then ``MANIFEST.json`` conditionally.
-
-    The manifest is the commit point: once it exists the run is immutable. Several
-    certifiers may race (Indexed Job); they build identical bytes, so a loser whose
-    manifest equals the winner's counts as success.
-
-    Returns:
-        True if the run is committed with exactly this manifest (by us or an identical
-        earlier/concurrent commit); False if another manifest was committed first (nothing
-        is overwritten).
-    """
-    prefix = artifacts.run_prefix(run_id)
-    manifest_key = prefix + artifacts.MANIFEST_NAME
-    sig_key = prefix + artifacts.SIGNATURE_NAME
-    existing = _read_or_none(store, manifest_key)
-    if existing is not None:
-        # Already committed: never touch the signature of a committed run.
-        same = existing == manifest
-        if same and signature is not None and store.head(sig_key) is None:
-            store.put_bytes(sig_key, signature)  # a crash between the two writes
-        log.info("commit_exists", tag="certified", run_id=run_id, identical=same)
-        return same
-    if signature is not None:
-        # Not committed yet, so any signature present is from a crashed attempt: replace it.
-        store.put_bytes(sig_key, signature)
-    try:
-        store.put_bytes(manifest_key, manifest, if_none_match=True)
-    except AlreadyExists:
-        existing = _read_or_none(store, manifest_key)
-        same = existing == manifest
-        if not same:
-            log.warning(
-                "commit_lost", tag="certified", run_id=run_id, reason="different manifest won"
-            )
-        return same
-    log.info("committed", tag="certified", run_id=run_id, manifest=manifest_key)
-    return True
-
-
-def _read_or_none(store: Store, key: str) -> bytes | None:
-    try:
-        return store.get_bytes(key)
-    except FileNotFoundError:
-        return None
-
-
-def is_committed(store: Store, run_id: str) -> bool:
-    """True once the run's MANIFEST.json exists."""
-    return store.head(artifacts.run_prefix(run_id) + artifacts.MANIFEST_NAME) is not None
-
-
-def promote_run(store: Store, run_id: str) -> None:
-    """Copy a committed run's adapters and weights to the latest paths, then write CURRENT.
-
-    Server-side copies (nothing passes through this process on S3); objects already equal
-    are skipped, so a promotion interrupted by a crash is finished by calling it again.
-
-    Raises:
-        InputError: the run has no MANIFEST.json (uncommitted runs are never promoted).
-    """
-    if not is_committed(store, run_id):
-        raise InputError(
-            f"run {run_id} has no {artifacts.MANIFEST_NAME} in {store.uri}; not promoting"
-        )
-    prefix = artifacts.run_prefix(run_id)
-    copied = 0
-    for sub in ("lora_adapters/", "weights/"):
-        for info in store.list(prefix + sub):
-            rel = info.key.removeprefix(prefix)
-            store.copy(info.key, f"{artifacts.LATEST_DIR}/{rel}")
-            copied += 1
-    store.put_bytes(artifacts.CURRENT_KEY, f"{prefix.rstrip('/')}\n".encode())
-    log.info("promoted", tag="certified", run_id=run_id, objects=copied, current=prefix)
-
-
-def read_current(store: Store) -> str | None:
-    """Run id named by ``OneSeek-7B-Zero-CURRENT.txt``, or None if nothing was promoted."""
-    data = _read_or_none(store, artifacts.CURRENT_KEY)
-    if data is None:
-        return None
-    path = data.decode("utf-8", errors="replace").strip().strip("/")
-    return path.rsplit("/", 1)[-1] or None

@@ -226,7 +226,7 @@ def _barrier(ctx: _Dist) -> None:
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    """What one model's run produced; ``run.py`` turns it into the done marker."""
+    """What one model's run produced; ``job.py`` turns it into the done marker."""
 
     key: str
     base_val_loss: float

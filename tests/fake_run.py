@@ -1,8 +1,8 @@
-"""A small committed run built the way run.py certifies one, for provenance and artifact tests.
+"""A small committed run built the way certify.py certifies one, for provenance and artifact tests.
 
 Adapter and weight files are random bytes (the lead's end-to-end test trains real ones);
 everything after the done markers is the real certification path: markers → build_run_files
-→ upload → build_manifest → sign → storage.commit_run → storage.promote_run.
+→ upload → build_manifest → sign → certify.commit_run → certify.promote_run.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from oneseek_job import artifacts, provenance
-from oneseek_job.storage import LocalStore, Store, commit_run, promote_run
+from oneseek_job import certify, documents, layout, provenance, verify
+from oneseek_job.digests import sha256_file
+from oneseek_job.storage import LocalStore, Store
 
 RUN_ID = "run-20251123-001234"
 VERSION = "1.0"
@@ -56,8 +57,8 @@ class FakeRun:
     store: Store
     run_id: str
     prefix: str
-    results: list[artifacts.ModelResult]
-    info: artifacts.RunInfo
+    results: list[documents.ModelResult]
+    info: certify.RunInfo
     key: Ed25519PrivateKey | None
     dataset_sha256: str
 
@@ -75,43 +76,43 @@ class FakeRun:
     def recommit(self, key: Ed25519PrivateKey | None) -> None:
         """An insider's forgery: rebuild MANIFEST over the current files and re-sign it."""
         objects = list(self.store.list(self.prefix))
-        manifest = provenance.build_manifest(self.run_id, objects, signing_key=key)
-        self.path(artifacts.MANIFEST_NAME).write_bytes(manifest)
+        manifest = certify.build_manifest(self.run_id, objects, signing_key=key)
+        self.path(layout.MANIFEST_NAME).write_bytes(manifest)
         if key is not None:
-            self.path(artifacts.SIGNATURE_NAME).write_bytes(provenance.sign(manifest, key))
+            self.path(layout.SIGNATURE_NAME).write_bytes(provenance.sign(manifest, key))
 
     def verify(
         self, public_key: object = "own", *, allow_unsigned: bool = False
-    ) -> provenance.VerifyReport:
+    ) -> verify.VerifyReport:
         if public_key == "own":
             pub = self.key.public_key() if self.key is not None else None
         else:
             pub = public_key  # type: ignore[assignment]
-        return provenance.verify_run(
+        return verify.verify_run(
             self.store, self.run_id, public_key=pub, allow_unsigned=allow_unsigned
         )
 
 
 def upload_model(
     store: Store, run_id: str, model: Model, dataset_sha256: str, *, allow_regression: bool
-) -> artifacts.ModelResult:
-    """Upload one model's files (random bytes) and write its done marker, as run.py does."""
-    prefix = artifacts.run_prefix(run_id)
-    adapter = f"lora_adapters/{artifacts.adapter_dir_name(model.key)}"
+) -> documents.ModelResult:
+    """Upload one model's files (random bytes) and write its done marker, as job.py does."""
+    prefix = layout.run_prefix(run_id)
+    adapter = f"lora_adapters/{layout.adapter_dir_name(model.key)}"
     contents = {
         f"{adapter}/adapter_model.safetensors": os.urandom(4096),
         f"{adapter}/adapter_config.json": json.dumps(
             {"peft_type": "LORA", "r": 8, "base_model_name_or_path": model.display_name}
         ).encode(),
         f"{adapter}/tokenizer.json": b'{"version": "1.0"}',
-        f"weights/{artifacts.weights_file_name(VERSION, model.key)}": os.urandom(2048),
+        f"weights/{layout.weights_file_name(VERSION, model.key)}": os.urandom(2048),
     }
     files = {}
     for relative, data in contents.items():
         info = store.put_bytes(prefix + relative, data)
-        files[relative] = artifacts.FileDigest(size=info.size, sha256=info.sha256)
+        files[relative] = documents.FileDigest(size=info.size, sha256=info.sha256)
     improved = model.final_val_loss < model.base_val_loss
-    result = artifacts.ModelResult(
+    result = documents.ModelResult(
         key=model.key,
         display_name=model.display_name,
         model_path=f"/models/oneseek-7b-zero/base_models/{model.key}",
@@ -140,21 +141,21 @@ def upload_model(
         image_digest="ghcr.io/oneseek/oneseek-job@sha256:" + "ab" * 32,
     )
     store.put_bytes(
-        artifacts.done_marker_key(run_id, model.key), result.model_dump_json(indent=2).encode()
+        layout.done_marker_key(run_id, model.key), result.model_dump_json(indent=2).encode()
     )
     return result
 
 
-def read_markers(store: Store, run_id: str) -> list[artifacts.ModelResult]:
-    prefix = f"{artifacts.run_prefix(run_id)}{artifacts.DONE_DIR}/"
+def read_markers(store: Store, run_id: str) -> list[documents.ModelResult]:
+    prefix = f"{layout.run_prefix(run_id)}{layout.DONE_DIR}/"
     return [
-        artifacts.ModelResult.model_validate_json(store.get_bytes(info.key))
+        documents.ModelResult.model_validate_json(store.get_bytes(info.key))
         for info in store.list(prefix)
     ]
 
 
-def run_info(results: list[artifacts.ModelResult], *, allow_regression: bool) -> artifacts.RunInfo:
-    return artifacts.RunInfo(
+def run_info(results: list[documents.ModelResult], *, allow_regression: bool) -> certify.RunInfo:
+    return certify.RunInfo(
         run_id=RUN_ID,
         version=VERSION,
         language="sv",
@@ -167,19 +168,19 @@ def run_info(results: list[artifacts.ModelResult], *, allow_regression: bool) ->
     )
 
 
-def certify(
+def certify_fake(
     store: Store, run_id: str, key: Ed25519PrivateKey | None, *, allow_regression: bool
-) -> artifacts.RunInfo:
-    """The certification step of run.py, on the markers present in the store."""
+) -> certify.RunInfo:
+    """The certification step of job.py, on the markers present in the store."""
     results = read_markers(store, run_id)
     info = run_info(results, allow_regression=allow_regression)
-    prefix = artifacts.run_prefix(run_id)
-    for name, data in artifacts.build_run_files(results, info, signing_key=key).items():
+    prefix = layout.run_prefix(run_id)
+    for name, data in certify.build_run_files(results, info, signing_key=key).items():
         store.put_bytes(prefix + name, data)
-    manifest = provenance.build_manifest(run_id, store.list(prefix), signing_key=key)
+    manifest = certify.build_manifest(run_id, store.list(prefix), signing_key=key)
     signature = provenance.sign(manifest, key) if key is not None else None
-    assert commit_run(store, run_id, manifest, signature)
-    promote_run(store, run_id)
+    assert certify.commit_run(store, run_id, manifest, signature)
+    certify.promote_run(store, run_id)
     return info
 
 
@@ -198,15 +199,15 @@ def make_run(
     dataset.write_text(
         '{"instruction": "Vad gör riksdagen?", "output": "Stiftar lagar."}\n', encoding="utf-8"
     )
-    dataset_sha256 = provenance.sha256_file(dataset)
+    dataset_sha256 = sha256_file(dataset)
     key = Ed25519PrivateKey.generate() if signed else None
     for model in models:
         upload_model(store, RUN_ID, model, dataset_sha256, allow_regression=allow_regression)
-    info = certify(store, RUN_ID, key, allow_regression=allow_regression)
+    info = certify_fake(store, RUN_ID, key, allow_regression=allow_regression)
     return FakeRun(
         store=store,
         run_id=RUN_ID,
-        prefix=artifacts.run_prefix(RUN_ID),
+        prefix=layout.run_prefix(RUN_ID),
         results=read_markers(store, RUN_ID),
         info=info,
         key=key,
@@ -214,5 +215,5 @@ def make_run(
     )
 
 
-def failures(report: provenance.VerifyReport) -> list[tuple[str, str]]:
+def failures(report: verify.VerifyReport) -> list[tuple[str, str]]:
     return [(c.name, c.detail) for c in report.checks if not c.ok]

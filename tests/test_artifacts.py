@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from oneseek_job import artifacts
+from oneseek_job import certify, documents, layout
 from oneseek_job.errors import InputError
 from tests.fake_run import KB, QWEN, RUN_ID, FakeRun, make_run
 
@@ -31,10 +31,10 @@ def multi(tmp_path: Path) -> FakeRun:
 
 
 def test_layout_names_are_the_seeds() -> None:
-    assert artifacts.weights_file_name("1.0", KB.key) == SEED_PTH
-    assert artifacts.adapter_dir_name(KB.key) == SEED_ADAPTER
-    assert artifacts.weights_metadata_name("1.0") == "oneseek-7b-zero-v1.0.json"
-    assert artifacts.run_prefix(RUN_ID) == f"oneseek-certified/{RUN_ID}/"
+    assert layout.weights_file_name("1.0", KB.key) == SEED_PTH
+    assert layout.adapter_dir_name(KB.key) == SEED_ADAPTER
+    assert layout.weights_metadata_name("1.0") == "oneseek-7b-zero-v1.0.json"
+    assert layout.run_prefix(RUN_ID) == f"oneseek-certified/{RUN_ID}/"
 
 
 def test_single_model_files_match_the_seed(single: FakeRun) -> None:
@@ -147,16 +147,16 @@ def test_nothing_certified(tmp_path: Path) -> None:
 
 
 def test_files_parse_back_into_their_models(multi: FakeRun) -> None:
-    parsed = artifacts.WeightsMetadata.model_validate_json(
+    parsed = documents.WeightsMetadata.model_validate_json(
         multi.path("weights/oneseek-7b-zero-v1.0.json").read_bytes()
     )
     assert parsed.model_specific_weights[KB.key] == SEED_PTH
-    artifacts.DnaDocument.model_validate_json(multi.path("oneseek_dna.json").read_bytes())
-    training = artifacts.TrainingResults.model_validate_json(
+    documents.DnaDocument.model_validate_json(multi.path("oneseek_dna.json").read_bytes())
+    training = documents.TrainingResults.model_validate_json(
         multi.path("training_results.json").read_bytes()
     )
     assert training.trained_models[KB.key].display_name == KB.display_name
-    ledger = artifacts.LedgerProof.model_validate_json(multi.path("ledger_proof.json").read_bytes())
+    ledger = documents.LedgerProof.model_validate_json(multi.path("ledger_proof.json").read_bytes())
     assert [e.event for e in ledger.entries] == [
         "run_started",
         "inputs_hashed",
@@ -167,7 +167,7 @@ def test_files_parse_back_into_their_models(multi: FakeRun) -> None:
     ]
     # model_trained entries follow the order the models finished in.
     assert [e.data["model"] for e in ledger.entries[2:4]] == [QWEN.key, KB.key]
-    artifacts.LiveMetrics.model_validate_json(multi.path("live_metrics.json").read_bytes())
+    documents.LiveMetrics.model_validate_json(multi.path("live_metrics.json").read_bytes())
 
 
 def test_missing_weights_file_in_marker_is_refused(multi: FakeRun) -> None:
@@ -178,9 +178,9 @@ def test_missing_weights_file_in_marker_is_refused(multi: FakeRun) -> None:
         for r in multi.results
     ]
     with pytest.raises(InputError, match=f"model {KB.key}: done marker lists no weights/"):
-        artifacts.build_run_files(broken, multi.info, signing_key=None)
+        certify.build_run_files(broken, multi.info, signing_key=None)
     with pytest.raises(InputError):
-        artifacts.build_run_files([], multi.info, signing_key=None)
+        certify.build_run_files([], multi.info, signing_key=None)
 
 
 # ----------------------------------------------------------------------------- final weights
@@ -188,27 +188,27 @@ def test_missing_weights_file_in_marker_is_refused(multi: FakeRun) -> None:
 
 def test_final_weights_priority() -> None:
     trained = [KB.key, QWEN.key]
-    assert artifacts.final_weights_for(trained, ["Mistral-7B"], ["llama"]) == {
+    assert certify.final_weights_for(trained, ["Mistral-7B"], ["llama"]) == {
         KB.key: 0.5,
         QWEN.key: 0.5,
     }
-    assert artifacts.final_weights_for([], ["KB-Llama-3.1-8B-Swedish", " "], ["llama"]) == {
+    assert certify.final_weights_for([], ["KB-Llama-3.1-8B-Swedish", " "], ["llama"]) == {
         KB.key: 1.0
     }
-    assert artifacts.final_weights_for([], [], ["Mistral-7B", "llama-2", "Qwen-2.5-7B"]) == {
+    assert certify.final_weights_for([], [], ["Mistral-7B", "llama-2", "Qwen-2.5-7B"]) == {
         "mistral-7b": pytest.approx(1 / 3),
         "llama-2": pytest.approx(1 / 3),
         QWEN.key: pytest.approx(1 / 3),
     }
-    assert artifacts.final_weights_for([], [], []) == {artifacts.DEFAULT_MODEL_KEY: 1.0}
-    assert artifacts.DEFAULT_MODEL_KEY == "unknown-model"
+    assert certify.final_weights_for([], [], []) == {layout.DEFAULT_MODEL_KEY: 1.0}
+    assert layout.DEFAULT_MODEL_KEY == "unknown-model"
 
 
 # ----------------------------------------------------------------------------- live metrics
 
 
 def test_live_metrics_helper() -> None:
-    data = artifacts.live_metrics(
+    data = documents.live_metrics(
         epoch=1,
         total_epochs=3,
         step=25,
@@ -222,7 +222,7 @@ def test_live_metrics_helper() -> None:
     assert document["progress_percent"] == 12.5
     assert document["val_losses"] == {KB.key: 2.75}
     assert document["type"] == "live_metrics"
-    early = artifacts.live_metrics(
+    early = documents.live_metrics(
         epoch=0,
         total_epochs=3,
         step=0,

@@ -19,8 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from oneseek_job import artifacts
-from oneseek_job.provenance import generate_keypair, sha256_file
+from oneseek_job import layout
+from oneseek_job.digests import sha256_file
+from oneseek_job.provenance import generate_keypair
 from oneseek_job.storage import LocalStore, Store
 from tests import fake_run
 from tests._reliability import (
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.timeout(300)
 
 TOTAL_STEPS = 18
 CHECKPOINT_EVERY = 3
-ADAPTER = f"lora_adapters/{artifacts.adapter_dir_name('kb-llama-3-1-8b-swedish')}"
+ADAPTER = f"lora_adapters/{layout.adapter_dir_name('kb-llama-3-1-8b-swedish')}"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def _env(ws: TinyWorkspace, run_dir: Path, run_id: str, **extra: str) -> dict[st
 
 
 def _adapter(artifacts_dir: Path, run_id: str) -> dict[str, torch.Tensor]:
-    path = artifacts_dir / artifacts.run_prefix(run_id) / ADAPTER / "adapter_model.safetensors"
+    path = artifacts_dir / layout.run_prefix(run_id) / ADAPTER / "adapter_model.safetensors"
     return load_file(str(path))
 
 
@@ -207,8 +208,8 @@ def test_s3_outage_during_upload_then_rerun_completes_and_verifies(
         client = seaweed.client()
         listed = client.list_objects_v2(Bucket=fresh_bucket, Prefix=prefix).get("Contents", [])
         keys = {o["Key"].removeprefix(prefix + "/") for o in listed}
-        manifest = artifacts.run_prefix("run-outage") + artifacts.MANIFEST_NAME
-        assert manifest not in keys and artifacts.CURRENT_KEY not in keys
+        manifest = layout.run_prefix("run-outage") + layout.MANIFEST_NAME
+        assert manifest not in keys and layout.CURRENT_KEY not in keys
 
         proxy.set_mode("pass")
         rerun = cli(["train"], env)

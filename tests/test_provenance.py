@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from oneseek_job import artifacts, provenance
+from oneseek_job import certify, layout, provenance, verify
+from oneseek_job.digests import sha256_file
 from oneseek_job.errors import ConfigError, InputError
 from oneseek_job.storage import LocalStore, S3Store
 from tests.fake_run import KB, QWEN, RUN_ID, VERSION, FakeRun, failures, make_run, read_markers
@@ -26,8 +27,8 @@ from tests.fake_run import KB, QWEN, RUN_ID, VERSION, FakeRun, failures, make_ru
 from tests.fixtures_s3 import fresh_bucket, make_s3_store, seaweed  # noqa: F401
 from tests.servers import SeaweedServer
 
-ADAPTER = f"lora_adapters/{artifacts.adapter_dir_name(KB.key)}/adapter_model.safetensors"
-PTH = f"weights/{artifacts.weights_file_name(VERSION, KB.key)}"
+ADAPTER = f"lora_adapters/{layout.adapter_dir_name(KB.key)}/adapter_model.safetensors"
+PTH = f"weights/{layout.weights_file_name(VERSION, KB.key)}"
 
 
 @pytest.fixture
@@ -35,11 +36,11 @@ def run(tmp_path: Path) -> FakeRun:
     return make_run(tmp_path / "artifacts")
 
 
-def only_failing(report: provenance.VerifyReport) -> set[str]:
+def only_failing(report: verify.VerifyReport) -> set[str]:
     return {name for name, _ in failures(report)}
 
 
-def details(report: provenance.VerifyReport, name: str) -> str:
+def details(report: verify.VerifyReport, name: str) -> str:
     return "\n".join(detail for check, detail in failures(report) if check == name)
 
 
@@ -54,7 +55,7 @@ def test_clean_run_verifies(run: FakeRun) -> None:
 
 
 def test_manifest_lists_every_certified_file_and_nothing_else(run: FakeRun) -> None:
-    manifest = json.loads(run.path(artifacts.MANIFEST_NAME).read_bytes())
+    manifest = json.loads(run.path(layout.MANIFEST_NAME).read_bytes())
     listed = {f["path"] for f in manifest["files"]}
     on_disk = {
         p.relative_to(run.store.root / run.prefix).as_posix()
@@ -64,7 +65,7 @@ def test_manifest_lists_every_certified_file_and_nothing_else(run: FakeRun) -> N
     expected = {
         p
         for p in on_disk
-        if not p.startswith(".") and p not in (artifacts.MANIFEST_NAME, artifacts.SIGNATURE_NAME)
+        if not p.startswith(".") and p not in (layout.MANIFEST_NAME, layout.SIGNATURE_NAME)
     }
     assert listed == expected
     assert any(p.startswith(".done/") for p in on_disk)  # markers exist but are not certified
@@ -73,26 +74,26 @@ def test_manifest_lists_every_certified_file_and_nothing_else(run: FakeRun) -> N
         assert entry["size"] == len(data)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
     # The manifest is canonical JSON, so the signature covers one exact byte form.
-    raw = run.path(artifacts.MANIFEST_NAME).read_bytes()
+    raw = run.path(layout.MANIFEST_NAME).read_bytes()
     assert raw == provenance.canonical_json(json.loads(raw))
     assert manifest["signed"] is True
     assert manifest["signer_fingerprint"] == provenance.public_key_fingerprint(run.key)
 
 
 def test_resolve_run_id_uses_current_pointer(run: FakeRun) -> None:
-    assert provenance.resolve_run_id(run.store, None, True) == RUN_ID
-    assert provenance.resolve_run_id(run.store, "run-x", False) == "run-x"
+    assert verify.resolve_run_id(run.store, None, True) == RUN_ID
+    assert verify.resolve_run_id(run.store, "run-x", False) == "run-x"
     with pytest.raises(ConfigError):
-        provenance.resolve_run_id(run.store, "run-x", True)
+        verify.resolve_run_id(run.store, "run-x", True)
 
 
 def test_resolve_run_id_without_current_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--run-id"):
-        provenance.resolve_run_id(LocalStore(tmp_path), None, True)
+        verify.resolve_run_id(LocalStore(tmp_path), None, True)
 
 
 def test_missing_manifest_is_reported(tmp_path: Path) -> None:
-    report = provenance.verify_run(LocalStore(tmp_path), "run-nope", public_key=None)
+    report = verify.verify_run(LocalStore(tmp_path), "run-nope", public_key=None)
     assert not report.ok
     assert "MANIFEST.json missing" in details(report, "manifest")
 
@@ -115,7 +116,7 @@ def test_flipped_byte_in_adapter(run: FakeRun) -> None:
 def test_big_files_are_streamed_and_still_checked(
     run: FakeRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(provenance, "SMALL_OBJECT_BYTES", 1024)  # adapters take the stream path
+    monkeypatch.setattr(verify, "SMALL_OBJECT_BYTES", 1024)  # adapters take the stream path
     assert run.verify().ok
     path = run.path(ADAPTER)
     data = bytearray(path.read_bytes())
@@ -125,9 +126,9 @@ def test_big_files_are_streamed_and_still_checked(
 
 
 def test_manifest_path_outside_the_run_is_refused(run: FakeRun) -> None:
-    manifest = json.loads(run.path(artifacts.MANIFEST_NAME).read_bytes())
+    manifest = json.loads(run.path(layout.MANIFEST_NAME).read_bytes())
     manifest["files"].append({"path": "../../CURRENT", "size": 1, "sha256": "0" * 64})
-    run.path(artifacts.MANIFEST_NAME).write_bytes(provenance.canonical_json(manifest))
+    run.path(layout.MANIFEST_NAME).write_bytes(provenance.canonical_json(manifest))
     report = run.verify()
     assert "'../../CURRENT': MANIFEST lists a path outside the run" in details(report, "files")
     assert "signature" in only_failing(report)
@@ -202,11 +203,11 @@ def test_manifest_rehashed_without_resigning(run: FakeRun) -> None:
     path = run.path(ADAPTER)
     forged = os.urandom(path.stat().st_size)
     path.write_bytes(forged)
-    manifest = json.loads(run.path(artifacts.MANIFEST_NAME).read_bytes())
+    manifest = json.loads(run.path(layout.MANIFEST_NAME).read_bytes())
     for entry in manifest["files"]:
         if entry["path"] == ADAPTER:
             entry["sha256"] = hashlib.sha256(forged).hexdigest()
-    run.path(artifacts.MANIFEST_NAME).write_bytes(provenance.canonical_json(manifest))
+    run.path(layout.MANIFEST_NAME).write_bytes(provenance.canonical_json(manifest))
     report = run.verify()
     assert "signature" in only_failing(report)
     assert details(report, "signature") == (
@@ -216,9 +217,9 @@ def test_manifest_rehashed_without_resigning(run: FakeRun) -> None:
 
 
 def test_signature_from_another_key(run: FakeRun) -> None:
-    manifest = run.path(artifacts.MANIFEST_NAME).read_bytes()
+    manifest = run.path(layout.MANIFEST_NAME).read_bytes()
     other = Ed25519PrivateKey.generate()
-    run.path(artifacts.SIGNATURE_NAME).write_bytes(provenance.sign(manifest, other))
+    run.path(layout.SIGNATURE_NAME).write_bytes(provenance.sign(manifest, other))
     report = run.verify()
     assert only_failing(report) == {"signature"}
     assert details(report, "signature").startswith("signature from another key: signed by ")
@@ -237,7 +238,7 @@ def test_insider_resigning_everything_with_own_key_fails_pinned_key(run: FakeRun
 
 
 def test_file_added_after_commit(run: FakeRun) -> None:
-    extra = f"lora_adapters/{artifacts.adapter_dir_name(KB.key)}/extra.safetensors"
+    extra = f"lora_adapters/{layout.adapter_dir_name(KB.key)}/extra.safetensors"
     run.store.put_bytes(run.prefix + extra, b"not certified")
     report = run.verify()
     assert only_failing(report) == {"unlisted"}
@@ -275,7 +276,7 @@ def test_intoto_subject_edited_by_insider(run: FakeRun) -> None:
 
 
 def test_deleted_signature_of_signed_run(run: FakeRun) -> None:
-    run.path(artifacts.SIGNATURE_NAME).unlink()
+    run.path(layout.SIGNATURE_NAME).unlink()
     report = run.verify(allow_unsigned=True)  # a downgrade is not "unsigned"
     assert "MANIFEST.json.sig missing but MANIFEST says the run is signed" in details(
         report, "signature"
@@ -284,8 +285,8 @@ def test_deleted_signature_of_signed_run(run: FakeRun) -> None:
 
 def test_unsigned_run_fails_unless_allowed(tmp_path: Path) -> None:
     run = make_run(tmp_path / "artifacts", signed=False)
-    assert not run.path(artifacts.SIGNATURE_NAME).exists()
-    assert json.loads(run.path(artifacts.MANIFEST_NAME).read_bytes())["signed"] is False
+    assert not run.path(layout.SIGNATURE_NAME).exists()
+    assert json.loads(run.path(layout.MANIFEST_NAME).read_bytes())["signed"] is False
     report = run.verify(public_key=None)
     assert only_failing(report) == {"signature"}
     assert "run is unsigned" in details(report, "signature")
@@ -297,22 +298,22 @@ def test_unsigned_run_fails_unless_allowed(tmp_path: Path) -> None:
 
 def test_racing_certifiers_write_identical_bytes(run: FakeRun) -> None:
     markers = read_markers(run.store, RUN_ID)
-    first = artifacts.build_run_files(markers, run.info, signing_key=run.key)
-    second = artifacts.build_run_files(list(reversed(markers)), run.info, signing_key=run.key)
+    first = certify.build_run_files(markers, run.info, signing_key=run.key)
+    second = certify.build_run_files(list(reversed(markers)), run.info, signing_key=run.key)
     assert first == second
     for name, data in first.items():  # and equal to what was committed
         assert run.path(name).read_bytes() == data
     objects = list(run.store.list(run.prefix))
-    manifest = provenance.build_manifest(RUN_ID, objects, signing_key=run.key)
-    assert manifest == run.path(artifacts.MANIFEST_NAME).read_bytes()
+    manifest = certify.build_manifest(RUN_ID, objects, signing_key=run.key)
+    assert manifest == run.path(layout.MANIFEST_NAME).read_bytes()
     assert run.key is not None
-    assert provenance.sign(manifest, run.key) == run.path(artifacts.SIGNATURE_NAME).read_bytes()
+    assert provenance.sign(manifest, run.key) == run.path(layout.SIGNATURE_NAME).read_bytes()
 
 
 def test_build_manifest_refuses_foreign_keys(run: FakeRun) -> None:
     objects = list(run.store.list(run.prefix))
     with pytest.raises(InputError):
-        provenance.build_manifest("run-other", objects, signing_key=None)
+        certify.build_manifest("run-other", objects, signing_key=None)
 
 
 # ----------------------------------------------------------------------------- DNA
@@ -322,7 +323,7 @@ def test_dna_is_computed_from_content(run: FakeRun) -> None:
     dna = run.read_json("oneseek_dna.json")
     pth = {
         model.key: hashlib.sha256(
-            run.path(f"weights/{artifacts.weights_file_name(VERSION, model.key)}").read_bytes()
+            run.path(f"weights/{layout.weights_file_name(VERSION, model.key)}").read_bytes()
         ).hexdigest()
         for model in (KB, QWEN)
     }
@@ -381,7 +382,7 @@ def test_sha256_file_streams_in_chunks(tmp_path: Path) -> None:
     path = tmp_path / "blob.bin"
     data = os.urandom(300_001)
     path.write_bytes(data)
-    assert provenance.sha256_file(path, chunk=4096) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path, chunk=4096) == hashlib.sha256(data).hexdigest()
 
 
 def test_hash_model_inputs_async(tmp_path: Path) -> None:
@@ -426,7 +427,7 @@ def test_load_private_key_rejects_other_key_types(tmp_path: Path) -> None:
 
 def test_signature_file_content(run: FakeRun) -> None:
     assert run.key is not None
-    sig = json.loads(run.path(artifacts.SIGNATURE_NAME).read_bytes())
+    sig = json.loads(run.path(layout.SIGNATURE_NAME).read_bytes())
     raw_public = run.key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
@@ -435,7 +436,7 @@ def test_signature_file_content(run: FakeRun) -> None:
     import base64
 
     run.key.public_key().verify(
-        base64.b64decode(sig["signature"]), run.path(artifacts.MANIFEST_NAME).read_bytes()
+        base64.b64decode(sig["signature"]), run.path(layout.MANIFEST_NAME).read_bytes()
     )
 
 
@@ -462,7 +463,7 @@ def test_verify_on_s3_store(bucket_store: S3Store, tmp_path: Path) -> None:
     run = make_run(tmp_path / "work", store=s3_store)
     report = run.verify()
     assert report.ok, failures(report)
-    assert provenance.resolve_run_id(s3_store, None, True) == RUN_ID
+    assert verify.resolve_run_id(s3_store, None, True) == RUN_ID
 
     # Overwrite an adapter in the bucket with one byte flipped, and add an unlisted object.
     data = bytearray(s3_store.get_bytes(run.prefix + ADAPTER))

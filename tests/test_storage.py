@@ -10,19 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from oneseek_job import artifacts
+from oneseek_job import layout
+from oneseek_job.certify import commit_run, is_committed, promote_run, read_current
 from oneseek_job.errors import ConfigError, InputError, StorageError
 from oneseek_job.storage import (
     AlreadyExists,
     LocalStore,
     S3Store,
     Store,
-    commit_run,
-    is_committed,
     open_store,
     parse_s3_uri,
-    promote_run,
-    read_current,
     store_from_settings,
     upload_tree,
 )
@@ -198,7 +195,7 @@ def manifest_for(infos: list, prefix: str) -> bytes:
 
 def test_upload_tree_then_commit_and_promote(store: Store, tmp_path: Path) -> None:
     tree = make_run_tree(tmp_path / "run", b"A")
-    prefix = artifacts.run_prefix("run-1")
+    prefix = layout.run_prefix("run-1")
     infos = upload_tree(store, tree, prefix)
     local = {
         p.relative_to(tree).as_posix(): sha(p.read_bytes()) for p in tree.rglob("*") if p.is_file()
@@ -212,11 +209,11 @@ def test_upload_tree_then_commit_and_promote(store: Store, tmp_path: Path) -> No
     manifest = manifest_for(infos, prefix)
     assert commit_run(store, "run-1", manifest, b"sig-1")
     assert is_committed(store, "run-1")
-    assert store.get_bytes(prefix + artifacts.SIGNATURE_NAME) == b"sig-1"
+    assert store.get_bytes(prefix + layout.SIGNATURE_NAME) == b"sig-1"
     promote_run(store, "run-1")
-    latest = {o.key: o.sha256 for o in store.list(artifacts.LATEST_DIR + "/")}
+    latest = {o.key: o.sha256 for o in store.list(layout.LATEST_DIR + "/")}
     assert latest == {
-        f"{artifacts.LATEST_DIR}/{k}": v
+        f"{layout.LATEST_DIR}/{k}": v
         for k, v in local.items()
         if k.startswith(("lora_adapters/", "weights/"))
     }
@@ -230,9 +227,9 @@ def test_commit_is_idempotent_and_never_overwrites(store: Store) -> None:
     assert commit_run(store, "run-2", first, b"sig-a")
     assert commit_run(store, "run-2", first, b"sig-a")  # re-run: same bytes → success
     assert not commit_run(store, "run-2", b'{"files": {"a": 2}}', b"sig-b")
-    prefix = artifacts.run_prefix("run-2")
-    assert store.get_bytes(prefix + artifacts.MANIFEST_NAME) == first
-    assert store.get_bytes(prefix + artifacts.SIGNATURE_NAME) == b"sig-a"
+    prefix = layout.run_prefix("run-2")
+    assert store.get_bytes(prefix + layout.MANIFEST_NAME) == first
+    assert store.get_bytes(prefix + layout.SIGNATURE_NAME) == b"sig-a"
 
 
 def test_commit_race_one_manifest(store: Store) -> None:
@@ -250,7 +247,7 @@ def test_commit_race_one_manifest(store: Store) -> None:
         t.start()
     for t in threads:
         t.join()
-    stored = store.get_bytes(artifacts.run_prefix("run-3") + artifacts.MANIFEST_NAME)
+    stored = store.get_bytes(layout.run_prefix("run-3") + layout.MANIFEST_NAME)
     winners = [i for i, ok in results.items() if ok]
     expected = [0, 1] if stored == b"same" else [int(stored.split()[-1])]
     assert sorted(winners) == expected

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from oneseek_job import artifacts
+from oneseek_job import layout
+from oneseek_job.certify import commit_run, is_committed
 from oneseek_job.errors import StorageError
-from oneseek_job.storage import S3Store, commit_run, is_committed, upload_tree
+from oneseek_job.storage import S3Store, upload_tree
 from tests.fixtures_s3 import SMALL_PART, make_s3_store
 from tests.servers import FaultProxy, SeaweedServer, fault_proxy
 
@@ -138,15 +139,16 @@ UPLOADER = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from oneseek_job import artifacts
+    from oneseek_job import layout
     from oneseek_job.logs import configure_logging
-    from oneseek_job.storage import commit_run, open_store, upload_tree
+    from oneseek_job.certify import commit_run
+    from oneseek_job.storage import open_store, upload_tree
     endpoint, uri, key_id, secret, tree, run_id, part = sys.argv[1:8]
     configure_logging(json=True)
     store = open_store(uri, endpoint_url=endpoint, access_key_id=key_id,
                        secret_access_key=secret, max_attempts=2, part_size=int(part),
                        multipart_threshold=int(part))
-    prefix = artifacts.run_prefix(run_id)
+    prefix = layout.run_prefix(run_id)
     infos = upload_tree(store, Path(tree), prefix, workers=2)
     files = {i.key.removeprefix(prefix): {"size": i.size, "sha256": i.sha256} for i in infos}
     manifest = json.dumps({"run_id": run_id, "files": files}, sort_keys=True).encode()
@@ -174,7 +176,7 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
 ) -> None:
     # An earlier committed run that nothing may touch.
     old_manifest = b'{"files": {"oneseek_dna.json": "old"}}'
-    old_prefix = artifacts.run_prefix("run-old")
+    old_prefix = layout.run_prefix("run-old")
     direct.put_bytes(old_prefix + "oneseek_dna.json", b"old run")
     assert commit_run(direct, "run-old", old_manifest, b"old-sig")
     before = {o.key: o.sha256 for o in direct.list(old_prefix)}
@@ -200,8 +202,8 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
     assert proc.returncode == -signal.SIGKILL
     assert not is_committed(direct, "run-new")
     # whatever got stored is complete and correct; partial files are simply absent
-    for info in direct.list(artifacts.run_prefix("run-new")):
-        local = tree / info.key.removeprefix(artifacts.run_prefix("run-new"))
+    for info in direct.list(layout.run_prefix("run-new")):
+        local = tree / info.key.removeprefix(layout.run_prefix("run-new"))
         assert info.sha256 == sha(local.read_bytes())
 
     proxy.set_mode("pass")
@@ -211,8 +213,8 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
     assert rerun.returncode == 0, out
     assert "COMMITTED" in out
 
-    prefix = artifacts.run_prefix("run-new")
-    manifest = json.loads(direct.get_bytes(prefix + artifacts.MANIFEST_NAME))
+    prefix = layout.run_prefix("run-new")
+    manifest = json.loads(direct.get_bytes(prefix + layout.MANIFEST_NAME))
     local_files = {
         p.relative_to(tree).as_posix(): sha(p.read_bytes()) for p in tree.rglob("*") if p.is_file()
     }
@@ -223,7 +225,7 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
         assert head is not None and head.sha256 == digest
     # the earlier run is exactly as it was
     assert {o.key: o.sha256 for o in direct.list(old_prefix)} == before
-    assert direct.get_bytes(old_prefix + artifacts.MANIFEST_NAME) == old_manifest
+    assert direct.get_bytes(old_prefix + layout.MANIFEST_NAME) == old_manifest
 
     # a third run with different content cannot replace the committed manifest
     (tree / "oneseek_dna.json").write_bytes(b'{"dna": "tampered"}')
@@ -231,7 +233,7 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
     out, _ = third.communicate(timeout=120)
     assert third.returncode == 0, out
     assert "LOST" in out
-    assert json.loads(direct.get_bytes(prefix + artifacts.MANIFEST_NAME)) == manifest
+    assert json.loads(direct.get_bytes(prefix + layout.MANIFEST_NAME)) == manifest
 
 
 def test_upload_tree_through_flaky_network_rerun_only_sends_missing(

@@ -10,31 +10,27 @@ since every run file is derived from the markers alone).
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from oneseek_job import artifacts
+from oneseek_job import layout
+from oneseek_job.certify import certify_run, is_committed, missing_models
 from oneseek_job.config import JobSettings
+from oneseek_job.digests import sha256_file
 from oneseek_job.discovery import Resolution, discover, resolve_base_models
-from oneseek_job.errors import (
-    EXIT_PREEMPTED,
-    ConfigError,
-    InputError,
-    JobError,
-    JobShapeError,
-    VerificationError,
-)
+from oneseek_job.documents import FileDigest, ModelResult, live_metrics
+from oneseek_job.errors import EXIT_PREEMPTED, ConfigError, JobError, JobShapeError
 from oneseek_job.logs import bind, get_logger
+from oneseek_job.provenance import hash_model_inputs_async, load_private_key, load_public_key
+from oneseek_job.storage import Store, check_writable, store_from_settings, upload_tree
+from oneseek_job.verify import VerifyReport, resolve_run_id, verify_run
 
 if TYPE_CHECKING:
     from oneseek_job.data import Record
-    from oneseek_job.storage import Store
 
 __all__ = ["Reporter", "certify_job", "train_job", "verify_job"]
 
@@ -104,7 +100,6 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         indexed=settings.job_completion_index is not None,
     )
     from oneseek_job.data import load_records
-    from oneseek_job.storage import check_writable, is_committed, store_from_settings
 
     records = load_records(settings.dataset, skip_bad_records=settings.train.skip_bad_records)
     dataset = _hash_dataset(settings.dataset)
@@ -121,7 +116,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     live = _LiveMetrics(
         path=settings.work_dir / settings.run_id / "live_metrics.json",
         store=store,
-        store_key=f"{artifacts.run_prefix(settings.run_id)}.live/"
+        store_key=f"{layout.run_prefix(settings.run_id)}{layout.LIVE_DIR}/"
         f"{'all' if index is None else f'index-{index}'}.json",
         keys=[r.key for r in selected],
     )
@@ -154,7 +149,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
 
     if not is_main_process():
         return
-    missing = _missing_models(store, settings.run_id, [r.key for r in resolutions])
+    missing = missing_models(store, settings.run_id, [r.key for r in resolutions])
     if missing:
         log.info("waiting_for_models", tag="mode", missing=missing)
         return
@@ -223,7 +218,7 @@ class _LiveMetrics:
     def __call__(self, progress: dict[str, Any]) -> None:
         if progress.get("val_loss") is not None:
             self.val_losses[self.model] = progress["val_loss"]
-        data = artifacts.live_metrics(
+        data = live_metrics(
             epoch=progress.get("epoch"),
             total_epochs=progress.get("total_epochs"),
             step=progress.get("step"),
@@ -255,20 +250,18 @@ def _train_and_upload(
     reporter: Reporter,
     live: _LiveMetrics,
 ) -> None:
-    from oneseek_job.provenance import hash_model_inputs_async
-    from oneseek_job.storage import upload_tree
     from oneseek_job.training import is_main_process, train_model
 
     key, model = resolution.key, resolution.model
-    marker = artifacts.done_marker_key(settings.run_id, key)
+    marker = layout.done_marker_key(settings.run_id, key)
     if store.head(marker) is not None:
         log.info("model_already_done", tag="training", model=key)
         return
     log.info("training", tag="training", model=key, display_name=model.display_name)
     digests = hash_model_inputs_async(model.path)  # overlaps with model loading
     staging = settings.work_dir / settings.run_id / "staging" / key
-    adapter_dir = staging / "lora_adapters" / artifacts.adapter_dir_name(key)
-    weights_path = staging / "weights" / artifacts.weights_file_name(settings.model_version, key)
+    adapter_dir = staging / "lora_adapters" / layout.adapter_dir_name(key)
+    weights_path = staging / "weights" / layout.weights_file_name(settings.model_version, key)
     started = _now()
     live.model = key
     outcome = train_model(
@@ -295,9 +288,9 @@ def _train_and_upload(
             final_val_loss=outcome.final_val_loss,
             certified=certified,
         )
-    uploaded = upload_tree(store, staging, artifacts.run_prefix(settings.run_id))
-    prefix = artifacts.run_prefix(settings.run_id)
-    result = artifacts.ModelResult(
+    uploaded = upload_tree(store, staging, layout.run_prefix(settings.run_id))
+    prefix = layout.run_prefix(settings.run_id)
+    result = ModelResult(
         key=key,
         position=position,
         display_name=model.display_name,
@@ -316,7 +309,7 @@ def _train_and_upload(
         started_at=started,
         finished_at=_now(),
         files={
-            info.key.removeprefix(prefix): artifacts.FileDigest(size=info.size, sha256=info.sha256)
+            info.key.removeprefix(prefix): FileDigest(size=info.size, sha256=info.sha256)
             for info in uploaded
         },
         base_model_digests=digests.result(),
@@ -347,7 +340,6 @@ class _Dataset:
 
 def _hash_dataset(dataset: Path) -> _Dataset:
     from oneseek_job.data import dataset_files
-    from oneseek_job.digests import sha256_file
 
     files = sorted(dataset_files(dataset), key=lambda p: p.name)
     if len(files) == 1:
@@ -366,22 +358,8 @@ def _hyperparameters(settings: JobSettings) -> dict[str, Any]:
     }
 
 
-def _missing_models(store: Store, run_id: str, keys: list[str]) -> list[str]:
-    return [k for k in keys if store.head(artifacts.done_marker_key(run_id, k)) is None]
-
-
-def _read_results(store: Store, run_id: str) -> list[artifacts.ModelResult]:
-    prefix = f"{artifacts.run_prefix(run_id)}{artifacts.DONE_DIR}/"
-    return [
-        artifacts.ModelResult.model_validate_json(store.get_bytes(info.key))
-        for info in store.list(prefix)
-        if info.key.endswith(".json")
-    ]
-
-
 def certify_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     """``oneseek-job certify``: certify a run whose models are all uploaded. Idempotent."""
-    from oneseek_job.storage import store_from_settings
 
     store = store_from_settings(settings)
     _certify(settings, store, reporter or _NoReporter(), expected=None)
@@ -390,65 +368,19 @@ def certify_job(settings: JobSettings, reporter: Reporter | None = None) -> None
 def _certify(
     settings: JobSettings, store: Store, reporter: Reporter, expected: list[str] | None
 ) -> None:
-    from oneseek_job.provenance import build_manifest, load_private_key, sign
-    from oneseek_job.storage import commit_run, is_committed, promote_run
-
-    run_id = settings.run_id
-    if is_committed(store, run_id):
-        log.info("already_certified", tag="certified", run_id=run_id)
-        promote_run(store, run_id)  # finishes a promotion a crash interrupted
-        return
-    results = _read_results(store, run_id)
-    if not results:
-        raise InputError(
-            f"run {run_id} has no finished models under {store.uri}; nothing to certify"
-        )
-    if expected is not None:
-        missing = sorted(set(expected) - {r.key for r in results})
-        if missing:
-            raise InputError(f"run {run_id} is missing models {', '.join(missing)}")
-    results.sort(key=lambda r: (r.position, r.key))
     signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
-    info = artifacts.RunInfo(
-        run_id=run_id,
+    certified = certify_run(
+        store,
+        settings.run_id,
         version=settings.model_version,
         language=settings.language,
-        dataset_name_tokens=_dataset_tokens(results),
-        dataset_sha256=results[0].dataset_sha256,
-        total_epochs=max(r.epochs for r in results),
         allow_regression=settings.train.allow_regression,
         image_digest=settings.image_digest,
-        hyperparameters=results[0].hyperparameters,
+        signing_key=signing_key,
+        expected=expected,
     )
-    prefix = artifacts.run_prefix(run_id)
-    for name, data in artifacts.build_run_files(results, info, signing_key=signing_key).items():
-        store.put_bytes(prefix + name, data)
-    # Hidden housekeeping (.done/ markers, .live/ progress) is not part of the certified set.
-    objects = [o for o in store.list(prefix) if not o.key.removeprefix(prefix).startswith(".")]
-    manifest = build_manifest(run_id, objects, signing_key=signing_key)
-    signature = sign(manifest, signing_key) if signing_key is not None else None
-    won = commit_run(store, run_id, manifest, signature)
-    if not won:
-        raise VerificationError(
-            f"run {run_id} was already certified with different content; not overwriting it"
-        )
-    promote_run(store, run_id)
-    uncertified = [r.key for r in results if not r.certified]
-    log.info(
-        "certified",
-        tag="certified",
-        run_id=run_id,
-        models=[r.key for r in results],
-        signed=signing_key is not None,
-        not_certified=uncertified,
-        uri=f"{store.uri.rstrip('/')}/{prefix}",
-    )
-    reporter.certified(run_id, f"{store.uri.rstrip('/')}/{prefix}")
-
-
-def _dataset_tokens(results: list[artifacts.ModelResult]) -> list[str]:
-    names = [Path(name).stem for name in results[0].dataset_files]
-    return names[:3]
+    if not certified.already:
+        reporter.certified(certified.run_id, certified.uri)
 
 
 def verify_job(
@@ -458,39 +390,12 @@ def verify_job(
     current: bool,
     public_key_file: Path | None,
     allow_unsigned: bool,
-    as_json: bool,
-) -> None:
-    """``oneseek-job verify``: re-check a published run; raise unless every check holds."""
-    from oneseek_job.provenance import load_public_key, resolve_run_id, verify_run
-    from oneseek_job.storage import store_from_settings
+) -> VerifyReport:
+    """``oneseek-job verify``: re-check a published run; the report says which checks hold.
 
+    Printing the verdict and the exit code are the CLI's (``VerifyReport.ok``).
+    """
     store = store_from_settings(settings)
     target = resolve_run_id(store, run_id, current)
     public_key = load_public_key(public_key_file) if public_key_file else None
-    report = verify_run(store, target, public_key=public_key, allow_unsigned=allow_unsigned)
-    _print_verdict(target, report, as_json=as_json)
-    if not report.ok:
-        failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
-        raise VerificationError(f"run {target} does not verify: " + "; ".join(failed))
-
-
-def _print_verdict(run_id: str, report: Any, *, as_json: bool) -> None:
-
-    if as_json:
-        document = {
-            "run_id": run_id,
-            "ok": report.ok,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks],
-        }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"verify {run_id}: {'OK' if report.ok else 'FAILED'}")
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("detail")
-    for check in report.checks:
-        table.add_row(check.name, "ok" if check.ok else "FAIL", check.detail)
-    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    return verify_run(store, target, public_key=public_key, allow_unsigned=allow_unsigned)
