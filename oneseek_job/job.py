@@ -23,7 +23,7 @@ from oneseek_job.config import JobSettings
 from oneseek_job.digests import sha256_file
 from oneseek_job.discovery import Resolution, discover, resolve_base_models
 from oneseek_job.documents import FileDigest, ModelResult, live_metrics
-from oneseek_job.errors import EXIT_PREEMPTED, ConfigError, JobError, JobShapeError
+from oneseek_job.errors import EXIT_PREEMPTED, ConfigError, JobError
 from oneseek_job.logs import bind, get_logger
 from oneseek_job.provenance import hash_model_inputs_async, load_private_key, load_public_key
 from oneseek_job.storage import Store, check_writable, store_from_settings, upload_tree
@@ -80,7 +80,12 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         raise ConfigError("BASE_MODELS is empty: set it to comma-separated model names")
     if settings.dataset is None:
         raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
-    _check_model_count(settings)
+    # The real-cluster checks of preflight.CHECKS (until run_preflight drives this step).
+    from oneseek_job import preflight
+
+    pre = preflight.Preflight(settings)
+    for check in (preflight.check_job_shape, preflight.check_secrets, preflight.check_gpu):
+        check(pre)
     report = discover(settings.models_dir, allow_pickle=settings.allow_pickle)
     # Bounded: BASE_MODELS comes from a ConfigMap and may be arbitrarily long.
     log.info(
@@ -90,7 +95,8 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         count=len(settings.base_models),
     )
     resolutions = resolve_base_models(settings.base_models, report)
-    _refuse_aliases(resolutions)
+    pre.resolutions = resolutions
+    preflight.check_model_aliases(pre)
     selected = _select(resolutions, settings.job_completion_index)
     log.info(
         "mode",
@@ -160,35 +166,6 @@ def _model_failed(reporter: Reporter, key: str, error: JobError) -> JobError:
     log.error("model_failed", tag="training", model=key, error=str(error))
     reporter.failed(f"{key}: {error}")
     return error
-
-
-def _check_model_count(settings: JobSettings) -> None:
-    """The Job was rendered for ONESEEK_MODEL_COUNT models; BASE_MODELS must hold as many.
-
-    Otherwise the Job's completions and its list drifted apart: too few indices and the run
-    is never certified, too many and the extra index fails a certified run.
-
-    Raises:
-        JobShapeError: the counts differ (exit 4: the Job's FailJob rule stops every index).
-    """
-    expected = settings.model_count
-    if expected is None or expected == len(settings.base_models):
-        return
-    raise JobShapeError(
-        f"this Job was made for {expected} model(s) (ONESEEK_MODEL_COUNT, the Job's "
-        f"completions) but BASE_MODELS lists {len(settings.base_models)}; render the Job "
-        "again from one list (helm upgrade, or completions in k8s/base/job.yaml)"
-    )
-
-
-def _refuse_aliases(resolutions: list[Resolution]) -> None:
-    """Two spellings of one model would shift every later index onto the wrong model."""
-    aliased = [r for r in resolutions if len(r.requested) > 1]
-    if aliased:
-        shown = "; ".join(
-            f"{', '.join(repr(n) for n in r.requested)} all name {r.key}" for r in aliased[:3]
-        )
-        raise ConfigError(f"BASE_MODELS lists a model more than once ({shown}): list it once")
 
 
 def _select(resolutions: list[Resolution], index: int | None) -> list[Resolution]:

@@ -14,7 +14,10 @@ To add a check, write ``def check_x(ctx: Preflight) -> None`` and insert
 
 from __future__ import annotations
 
+import os
+import re
 import resource
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +31,7 @@ from oneseek_job.errors import (
     ConfigError,
     InputError,
     JobError,
+    JobShapeError,
     TransientError,
     exit_code_for_os_error,
 )
@@ -198,6 +202,142 @@ def check_signing_key(ctx: Preflight) -> None:
     ctx.signing_key = load_private_key(path)
 
 
+# ----------------------------------------------------------------------------- cluster
+
+
+def check_job_shape(ctx: Preflight) -> None:
+    """BASE_MODELS holds as many names as the Job was rendered for (ONESEEK_MODEL_COUNT).
+
+    Otherwise the Job's completions and its list drifted apart: too few indices and the run
+    is never certified, too many and the extra index fails a certified run.
+
+    Raises:
+        JobShapeError: the counts differ (exit 4: the Job's FailJob rule stops every index).
+    """
+    settings = ctx.settings
+    expected = settings.model_count
+    if expected is None or expected == len(settings.base_models):
+        return
+    raise JobShapeError(
+        f"this Job was made for {expected} model(s) (ONESEEK_MODEL_COUNT, the Job's "
+        f"completions) but BASE_MODELS lists {len(settings.base_models)}; render the Job "
+        "again from one list (helm upgrade, or completions in k8s/base/job.yaml)"
+    )
+
+
+def check_secrets(ctx: Preflight) -> None:
+    """The Secrets the pod references are there.
+
+    The chart and the kustomize base reference them as ``optional``, so a missing Secret
+    lets the pod start (instead of CreateContainerConfigError until the deadline) and this
+    check names it.
+    """
+    settings = ctx.settings
+    secret = settings.credentials_secret
+    if secret:
+        missing = [
+            name
+            for name, value in (
+                ("AWS_ACCESS_KEY_ID", settings.aws_access_key_id),
+                ("AWS_SECRET_ACCESS_KEY", settings.aws_secret_access_key),
+            )
+            if value is None or not value.get_secret_value()
+        ]
+        if missing:
+            raise ConfigError(
+                f"Secret {secret} (ONESEEK_CREDENTIALS_SECRET) is missing or lacks the "
+                f"key(s) {' and '.join(missing)} (create it as docs/deploy.md shows, or with "
+                'IRSA / workload identity set artifacts.credentialsSecret.name to "")'
+            )
+    key = settings.signing_key_file
+    if key is not None and not os.path.lexists(key):
+        raise ConfigError(
+            f"ONESEEK_SIGNING_KEY_FILE {key} does not exist: the signing-key Secret is "
+            "missing or lacks that key (oneseek-job keygen, then kubectl create secret "
+            "generic; docs/deploy.md), or turn signing off"
+        )
+
+
+# The image's torch is PyPI's CUDA 13.0 build (Dockerfile); its floor.
+MIN_DRIVER = "R580"
+MIN_CAPABILITY = (7, 5)
+_DRIVER_PROC = Path("/proc/driver/nvidia/version")
+_DRIVER_IN_PROC = re.compile(r"Kernel Module(?: for \S+)?\s+([0-9]+(?:\.[0-9]+)+)")
+
+
+def nvidia_driver_version(proc: Path = _DRIVER_PROC) -> str:
+    """The NVIDIA kernel driver the node runs, or a sentence saying why it is unknown."""
+    try:
+        match = _DRIVER_IN_PROC.search(proc.read_text(encoding="utf-8", errors="replace"))
+        if match:
+            return match.group(1)
+    except OSError:
+        pass
+    try:
+        answer = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if answer.returncode == 0 and answer.stdout.strip():
+            return answer.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown (no NVIDIA driver visible in the container)"
+
+
+def check_gpu(ctx: Preflight) -> None:
+    """With a GPU requested (ONESEEK_GPU_COUNT), CUDA must see that many usable GPUs.
+
+    On a node whose driver is older than the image's CUDA build needs, torch simply reports
+    no CUDA; training would then quietly run on the CPU (an 8B model in fp32 runs out of
+    memory or crawls to the deadline) while the allocated GPU idles.
+
+    Raises:
+        ConfigError: CUDA missing, fewer GPUs than requested, or a GPU below compute
+            capability 7.5; the message names the driver and CUDA versions.
+    """
+    wanted = ctx.settings.gpu_count
+    if wanted <= 0:
+        return
+    import torch
+
+    build = f"torch {torch.__version__} built for CUDA {torch.version.cuda or 'none (CPU wheel)'}"
+    floor = (
+        f"the image needs NVIDIA driver {MIN_DRIVER} or newer and compute capability "
+        f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}+; schedule on such nodes or set "
+        "gpu.enabled=false"
+    )
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"ONESEEK_GPU_COUNT={wanted} but CUDA is not available ({build}, NVIDIA driver "
+            f"{nvidia_driver_version()}); {floor}"
+        )
+    seen = torch.cuda.device_count()
+    if seen < wanted:
+        raise ConfigError(
+            f"ONESEEK_GPU_COUNT={wanted} but CUDA sees {seen} GPU(s) ({build}, NVIDIA driver "
+            f"{nvidia_driver_version()}); {floor}"
+        )
+    for index in range(wanted):
+        capability = torch.cuda.get_device_capability(index)
+        if capability < MIN_CAPABILITY:
+            raise ConfigError(
+                f"GPU {index} ({torch.cuda.get_device_name(index)}) has compute capability "
+                f"{capability[0]}.{capability[1]} ({build}, NVIDIA driver "
+                f"{nvidia_driver_version()}); {floor}"
+            )
+    log.info(
+        "gpu",
+        tag="config",
+        gpus=[torch.cuda.get_device_name(i) for i in range(wanted)],
+        cuda=torch.version.cuda,
+        driver=nvidia_driver_version(),
+    )
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -233,6 +373,18 @@ def check_models(ctx: Preflight) -> None:
     ctx.selected = select_models(ctx.resolutions, settings.job_completion_index)
     for resolution in ctx.resolutions:
         _check_artifact_names(settings, resolution)
+
+
+def check_model_aliases(ctx: Preflight) -> None:
+    """Each model is listed once: discovery merges two spellings of one model into one
+    resolution, which would shift every later index of an Indexed Job onto the wrong model
+    and leave the last index without one."""
+    aliased = [r for r in ctx.resolutions if len(r.requested) > 1]
+    if aliased:
+        shown = "; ".join(
+            f"{', '.join(repr(n) for n in r.requested)} all name {r.key}" for r in aliased[:3]
+        )
+        raise ConfigError(f"BASE_MODELS lists a model more than once ({shown}): list it once")
 
 
 def _check_artifact_names(settings: JobSettings, resolution: Resolution) -> None:
@@ -301,9 +453,14 @@ def _os_failure(what: str, path: Path, error: OSError) -> JobError:
     detail = error.strerror or type(error).__name__
     if exit_code_for_os_error(error) == EXIT_FAILED:
         return TransientError(f"{what} {path} failed a write probe ({detail}); retrying")
-    return ConfigError(
-        f"{what} {path} is not a writable directory ({detail}); mount a writable volume there"
-    )
+    hint = "mount a writable volume there"
+    if isinstance(error, PermissionError):
+        # NFS-like volumes ignore the pod's fsGroup: the export's owner decides.
+        hint = (
+            f"the job runs as UID {os.getuid()} GID {os.getgid()}, and NFS-like volumes "
+            "ignore fsGroup: make the volume writable for them"
+        )
+    return ConfigError(f"{what} {path} is not a writable directory ({detail}); {hint}")
 
 
 def _probe_dir(what: str, path: Path) -> None:
@@ -443,11 +600,15 @@ def _limit_memory(extra: int) -> None:
 
 CHECKS: list[Check] = [
     Check("required-settings", check_required),
+    Check("job-shape", check_job_shape),
     Check("paths", check_paths),
+    Check("secrets", check_secrets),
     Check("signing-key", check_signing_key),
     Check("models", check_models),
+    Check("model-aliases", check_model_aliases),
     Check("dataset", check_dataset),
     Check("locations", check_locations),
+    Check("gpu", check_gpu),
     Check("artifact-store", check_store),
     Check("pickle-weights", check_pickle_weights),
     Check("tokenizers", check_tokenizers),
