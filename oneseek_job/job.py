@@ -10,8 +10,10 @@ since every run file is derived from the markers alone).
 from __future__ import annotations
 
 import hashlib
+import shutil
 import socket
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +115,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     check_writable(store)  # a read-only artifacts volume fails now, not after training
     if is_committed(store, settings.run_id):
         log.info("already_certified", tag="certified", run_id=settings.run_id)
+        _remove_checkpoints(settings)
         return
     reporter.started(settings.run_id, [r.key for r in selected])
 
@@ -130,9 +133,10 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         bind(model=resolution.key)
         try:
             position = resolutions.index(resolution)
-            _train_and_upload(
-                settings, store, resolution, position, records, dataset, reporter, live
-            )
+            with _model_lease(settings, resolution.key):
+                _train_and_upload(
+                    settings, store, resolution, position, records, dataset, reporter, live
+                )
         except JobError as error:
             if error.exit_code == EXIT_PREEMPTED:  # stop now, the retry resumes
                 raise
@@ -160,6 +164,29 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         log.info("waiting_for_models", tag="mode", missing=missing)
         return
     _certify(settings, store, reporter, expected=[r.key for r in resolutions])
+
+
+def _model_lease(settings: JobSettings, key: str) -> AbstractContextManager[object]:
+    """One writer per (run, model): a pod of a replacing Job waits for the old one's lease.
+
+    Only the main process takes it; the other ranks of its torchrun group follow it.
+    """
+    from oneseek_job.lease import hold_lease
+    from oneseek_job.training import is_main_process
+
+    if not is_main_process():
+        return nullcontext()
+    return hold_lease(
+        settings.checkpoint_root / settings.run_id / key, what=f"{settings.run_id}/{key}"
+    )
+
+
+def _remove_checkpoints(settings: JobSettings) -> None:
+    """A certified run never resumes: its checkpoints would only fill the volume over runs."""
+    run_dir = settings.checkpoint_root / settings.run_id
+    if run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("checkpoints_removed", tag="certified", run_id=settings.run_id, path=str(run_dir))
 
 
 def _model_failed(reporter: Reporter, key: str, error: JobError) -> JobError:
@@ -358,6 +385,7 @@ def _certify(
     )
     if not certified.already:
         reporter.certified(certified.run_id, certified.uri)
+    _remove_checkpoints(settings)
 
 
 def verify_job(

@@ -607,6 +607,9 @@ def test_notes_tell_how_to_follow_the_run(loaded: chart.Chart) -> None:
     assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
     for index, model in enumerate(merged(loaded, {})["baseModels"]):
         assert f"index {index}: {model}" in notes
+    # The claims the chart does not create are named as prerequisites.
+    assert "Needs PVC oneseek-models" in notes
+    assert "Needs PVC oneseek-checkpoints for the checkpoints, ReadWriteMany" in notes
 
 
 @pytest.mark.parametrize(
