@@ -7,13 +7,18 @@ this project: a read-only root filesystem and a writable /tmp emptyDir.
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import yaml
 
 __all__ = [
+    "CRDS",
     "KUBE_VERSION",
+    "crd_validate_strict",
     "load_docs",
     "pod_spec",
     "restricted_violations",
@@ -51,6 +56,57 @@ def load_docs(text: str) -> list[dict[str, Any]]:
 def validate_strict(obj: dict[str, Any]) -> None:
     """Validate one object against the newest Kubernetes schema, unknown fields rejected."""
     kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+CRDS = Path(__file__).parent / "crds"
+
+
+def _closed(schema: Any) -> Any:
+    """The CRD schema with every object that names its properties closed to others.
+
+    The API server prunes unknown fields of custom resources silently; a test must refuse
+    them, as ``kubernetes-validate --strict`` does for built-in kinds. Nodes that preserve
+    unknown fields, or declare their own additionalProperties, stay as they are.
+    """
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    node = {key: _closed(value) for key, value in schema.items()}
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        node["additionalProperties"] = False
+    if node.get("x-kubernetes-int-or-string"):
+        node.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    return node
+
+
+@cache
+def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) → closed openAPIV3Schema, for every CRD under tests/crds/."""
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served"):
+                schema = _closed(version["schema"]["openAPIV3Schema"])
+                schemas[(f"{group}/{version['name']}", kind)] = schema
+    return schemas
+
+
+def crd_validate_strict(obj: dict[str, Any]) -> None:
+    """Validate a custom resource against its CRD's schema, unknown fields rejected.
+
+    Raises:
+        KeyError: no CRD under tests/crds/ serves that apiVersion and kind.
+        jsonschema.ValidationError: the object does not match.
+    """
+    schema = _crd_schemas()[(obj["apiVersion"], obj["kind"])]
+    jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:

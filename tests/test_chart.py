@@ -799,3 +799,20 @@ def test_valid_neighbours_of_the_refusals_render(loaded: chart.Chart) -> None:
         {"baseModels": ["llama-2-7b", "llama-2-7b-chat"]},
     ):
         validate_strict(only(render(loaded, values), "Job"))
+
+
+def test_kueue_labels_queue_the_whole_job(loaded: chart.Chart) -> None:
+    values = scenario_values(CHART_DIR / "ci" / "kueue-values.yaml")
+    job = only(render(loaded, values), "Job")
+    labels = job["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "oneseek"
+    assert labels["kueue.x-k8s.io/priority-class"] == "oneseek-training"
+    # All pods admitted together: no partial admission, and the chart leaves suspend to
+    # Kueue's webhook (a Job suspended by us would wait forever where Kueue is absent).
+    annotations = job["metadata"]["annotations"]
+    assert not [k for k in annotations if k.startswith("kueue.x-k8s.io/")]
+    assert "suspend" not in job["spec"]
+    # Queueing is not a training input: same Job, same run as without Kueue.
+    plain = only(render(loaded, {}), "Job")
+    assert job["metadata"]["name"] == plain["metadata"]["name"]
+    assert not [k for k in plain["metadata"]["labels"] if k.startswith("kueue.x-k8s.io/")]

@@ -302,3 +302,49 @@ def test_argocd_application_renders_the_chart() -> None:
     ignored = app["spec"]["ignoreDifferences"][0]
     assert ignored["kind"] == "Job"
     assert "/metadata/annotations/oneseek.ai~1artifacts-uri" in ignored["jsonPointers"]
+    # What Kueue mutates on a queued Job is not drift either, and a sync keeps it.
+    pointers = {p for rule in app["spec"]["ignoreDifferences"] for p in rule["jsonPointers"]}
+    assert {
+        "/spec/suspend",
+        "/spec/template/spec/nodeSelector",
+        "/spec/template/spec/tolerations",
+    } <= pointers
+    assert "RespectIgnoreDifferences=true" in app["spec"]["syncPolicy"]["syncOptions"]
+
+
+def test_kueue_queues_validate_against_kueue_crds() -> None:
+    """The example queues are what Kueue 0.19's CRDs accept, unknown fields refused, and
+    they fit the chart: the LocalQueue the kueue scenario names, quota for its requests."""
+    import jsonschema
+
+    from tests._k8s import crd_validate_strict
+
+    docs = load_docs((K8S / "kueue" / "queues.yaml").read_text())
+    assert sorted(d["kind"] for d in docs) == [
+        "ClusterQueue",
+        "LocalQueue",
+        "ResourceFlavor",
+        "WorkloadPriorityClass",
+    ]
+    for doc in docs:
+        crd_validate_strict(doc)
+    # The checker is not blind: a misspelt field and a wrong type are refused.
+    queue = next(d for d in docs if d["kind"] == "ClusterQueue")
+    for broken in (
+        {**queue, "spec": {**queue["spec"], "resourceGroup": []}},
+        {**queue, "spec": {**queue["spec"], "queueingStrategy": "Fastest"}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            crd_validate_strict(broken)
+    local = next(d for d in docs if d["kind"] == "LocalQueue")
+    priority = next(d for d in docs if d["kind"] == "WorkloadPriorityClass")
+    scenario = yaml.safe_load(
+        (ROOT / "helm" / "oneseek-job" / "ci" / "kueue-values.yaml").read_text()
+    )
+    assert scenario["kueue"] == {
+        "queueName": local["metadata"]["name"],
+        "priorityClass": priority["metadata"]["name"],
+    }
+    assert local["spec"]["clusterQueue"] == queue["metadata"]["name"]
+    flavor = queue["spec"]["resourceGroups"][0]["flavors"][0]
+    assert {r["name"] for r in flavor["resources"]} == {"cpu", "memory", "nvidia.com/gpu"}
