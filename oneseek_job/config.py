@@ -172,6 +172,11 @@ class JobSettings(_Base):
         le=99_999,
         validation_alias=_env("job_completion_index", "JOB_COMPLETION_INDEX"),
     )
+    # Which model this pod trains, apart from JOB_COMPLETION_INDEX: in a multi-node group
+    # (JobSet) the completion index is the node rank, and the model comes from here.
+    model_index: int | None = Field(
+        None, ge=0, le=63, validation_alias=_env("model_index", "ONESEEK_MODEL_INDEX")
+    )
     # The number of models the Job was rendered for (chart / kustomize): a BASE_MODELS
     # of another length means the Job's completions and its list drifted apart.
     model_count: int | None = Field(
@@ -289,6 +294,17 @@ class JobSettings(_Base):
         return value
 
     @property
+    def model_selector(self) -> tuple[str, int | None]:
+        """(setting, index) naming the one model this pod trains; index None: all of them.
+
+        ONESEEK_MODEL_INDEX wins; else JOB_COMPLETION_INDEX (an Indexed Job with one pod
+        per model).
+        """
+        if self.model_index is not None:
+            return "ONESEEK_MODEL_INDEX", self.model_index
+        return "JOB_COMPLETION_INDEX", self.job_completion_index
+
+    @property
     def checkpoint_root(self) -> Path:
         """Where resumable state lives: CHECKPOINT_DIR, else under the work dir."""
         return self.checkpoint_dir or self.work_dir / "checkpoints"
@@ -304,6 +320,7 @@ _ENV_NAMES: dict[str, str] = {
     "run_id": "RUN_ID",
     "model_version": "MODEL_VERSION",
     "job_completion_index": "JOB_COMPLETION_INDEX",
+    "model_index": "ONESEEK_MODEL_INDEX",
     "model_count": "ONESEEK_MODEL_COUNT",
     "gpu_count": "ONESEEK_GPU_COUNT",
     "credentials_secret": "ONESEEK_CREDENTIALS_SECRET",

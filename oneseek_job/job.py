@@ -99,13 +99,14 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     resolutions = resolve_base_models(settings.base_models, report)
     pre.resolutions = resolutions
     preflight.check_model_aliases(pre)
-    selected = _select(resolutions, settings.job_completion_index)
+    setting, index = settings.model_selector
+    selected = preflight.select_models(resolutions, index, setting)
     log.info(
         "mode",
         tag="mode",
         models=[r.key for r in selected],
         of=len(resolutions),
-        indexed=settings.job_completion_index is not None,
+        indexed=index is not None,
     )
     from oneseek_job.data import load_records
 
@@ -121,7 +122,6 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
 
     # 2. One model at a time; a failure keeps the others' artifacts and markers.
     failures: list[JobError] = []
-    index = settings.job_completion_index
     live = _LiveMetrics(
         path=settings.work_dir / settings.run_id / "live_metrics.json",
         store=store,
@@ -193,17 +193,6 @@ def _model_failed(reporter: Reporter, key: str, error: JobError) -> JobError:
     log.error("model_failed", tag="training", model=key, error=str(error))
     reporter.failed(f"{key}: {error}")
     return error
-
-
-def _select(resolutions: list[Resolution], index: int | None) -> list[Resolution]:
-    if index is None:
-        return resolutions
-    if index >= len(resolutions):
-        raise ConfigError(
-            f"JOB_COMPLETION_INDEX={index} but BASE_MODELS resolves to {len(resolutions)} "
-            f"model(s): set the Job's completions to {len(resolutions)}"
-        )
-    return [resolutions[index]]
 
 
 @dataclass

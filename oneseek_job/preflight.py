@@ -341,8 +341,15 @@ def check_gpu(ctx: Preflight) -> None:
 # ----------------------------------------------------------------------------- models
 
 
-def select_models(resolutions: list[Resolution], index: int | None) -> list[Resolution]:
-    """All models, or only the one at JOB_COMPLETION_INDEX in an Indexed Job.
+def select_models(
+    resolutions: list[Resolution], index: int | None, setting: str = "JOB_COMPLETION_INDEX"
+) -> list[Resolution]:
+    """All models, or only the one at ``index`` (``JobSettings.model_selector``).
+
+    Args:
+        resolutions: every model of the run, in BASE_MODELS order.
+        index: the model's position; None selects every model.
+        setting: the env var the index came from, for the error message.
 
     Raises:
         ConfigError: the index is past the last model.
@@ -351,7 +358,7 @@ def select_models(resolutions: list[Resolution], index: int | None) -> list[Reso
         return resolutions
     if index >= len(resolutions):
         raise ConfigError(
-            f"JOB_COMPLETION_INDEX={index} but BASE_MODELS resolves to {len(resolutions)} "
+            f"{setting}={index} but BASE_MODELS resolves to {len(resolutions)} "
             f"model(s): set the Job's completions to {len(resolutions)}"
         )
     return [resolutions[index]]
@@ -370,7 +377,8 @@ def check_models(ctx: Preflight) -> None:
         count=len(settings.base_models),
     )
     ctx.resolutions = resolve_base_models(settings.base_models, ctx.report)
-    ctx.selected = select_models(ctx.resolutions, settings.job_completion_index)
+    setting, index = settings.model_selector
+    ctx.selected = select_models(ctx.resolutions, index, setting)
     for resolution in ctx.resolutions:
         _check_artifact_names(settings, resolution)
 

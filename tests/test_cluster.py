@@ -177,3 +177,31 @@ def test_unwritable_checkpoint_dir_is_found_at_preflight(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ConfigError 2 CHECKPOINT_DIR"), result.stdout
     assert "UID" in result.stdout and "fsGroup" in result.stdout
+
+
+def test_model_index_is_apart_from_the_node_rank(ws: Workspace) -> None:
+    """In a multi-node group JOB_COMPLETION_INDEX is the node rank; ONESEEK_MODEL_INDEX
+    names the model. Without it, the completion index picks the model (one pod per model)."""
+    from oneseek_job import config, preflight
+    from tests.modelfiles import write_model_dir
+
+    write_model_dir(ws.models / "second-model", model_name="Second-Model")
+    names = "good-model,second-model"
+
+    def selected(**env: str) -> list[str]:
+        settings = config.load_settings(
+            base_models=names, models_dir=ws.models, **{k: v for k, v in env.items()}
+        )
+        ctx = preflight.Preflight(settings)
+        preflight.check_models(ctx)
+        return [r.key for r in ctx.selected]
+
+    assert selected(job_completion_index=1) == ["second-model"]
+    # Node rank 0 and node rank 1 of the group for model 1 train the same model.
+    assert selected(job_completion_index=0, model_index=1) == ["second-model"]
+    assert selected(job_completion_index=1, model_index=1) == ["second-model"]
+    assert selected() == ["good-model", "second-model"]
+    ws.env.update({"BASE_MODELS": names, "JOB_COMPLETION_INDEX": "0", "ONESEEK_MODEL_INDEX": "2"})
+    result = run(ws)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "ONESEEK_MODEL_INDEX=2 but BASE_MODELS resolves to 2 model(s)" in error_line(result)
