@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-VERSION_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+){0,3}$")
+VERSION_PATTERN = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$")
 # The data order is seeded with seed * 1_000_003 + epoch, which torch needs below 2**63; the
 # usual 32-bit range keeps every library (numpy included) happy with room to spare.
 MAX_SEED = 2**32 - 1
@@ -290,7 +290,7 @@ class JobSettings(_Base):
     @classmethod
     def _check_version(cls, value: str) -> str:
         if not VERSION_PATTERN.fullmatch(value):
-            raise ValueError("must look like 1.0 or 2.1.3 (digits and dots)")
+            raise ValueError("must look like 1.0 or 2.1.3 (up to 4 numbers of 1-6 digits)")
         return value
 
     @property

@@ -94,6 +94,9 @@ def dataset_files(path: Path) -> list[Path]:
     """
     if path.is_file():
         return [path]
+    if path.exists() and not path.is_dir():
+        # A FIFO would block the reader forever and /dev/zero never ends: refuse both.
+        raise InputError(f"DATASET {path} is not a regular file or directory (a FIFO or device)")
     if path.is_dir():
         files = sorted(
             p for p in path.glob("*.jsonl") if p.is_file() and not p.name.startswith(".")
@@ -246,8 +249,12 @@ def load_records(path: Path, *, skip_bad_records: bool = False) -> list[Record]:
         log.warning(
             "bad_records_skipped", tag="config", count=len(bad), records=bad[:50], kept=len(records)
         )
-    if not records:
-        raise InputError(f"DATASET {path} has no usable records; it needs at least two")
+    if len(records) < 2:
+        # Training and validation need one record each: say so now, not after model loading.
+        found = "only one usable record" if records else "no usable records"
+        raise InputError(
+            f"DATASET {path} has {found}; it needs at least two (one is held out for validation)"
+        )
     return records
 
 

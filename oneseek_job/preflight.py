@@ -526,7 +526,8 @@ def check_store(ctx: Preflight) -> None:
 
 
 def check_tokenizers(ctx: Preflight) -> None:
-    """Load each selected model's tokenizer; render its chat template once per record shape.
+    """Load each selected model's config (transformers' own validation) and tokenizer, and
+    render its chat template once per record shape.
 
     Rendering runs in a forked child with a wall-time and memory budget: a template is
     code from the model directory, and a loop or a huge string in it must not hang the job
@@ -536,10 +537,21 @@ def check_tokenizers(ctx: Preflight) -> None:
     for record in ctx.records:
         if record.messages is not None:
             shapes.setdefault(tuple(role for role, _ in record.messages), record)
+    from transformers import AutoConfig
+
     from oneseek_job.training import _load_tokenizer as load_tokenizer
 
     for resolution in ctx.selected:
-        tokenizer = load_tokenizer(resolution.model.path)
+        path = resolution.model.path
+        try:
+            AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except Exception as error:  # ValueError or transformers' own validation errors
+            detail = " ".join(str(error).split())[:200]
+            raise InputError(
+                f"{path / 'config.json'} is not a valid model config "
+                f"({type(error).__name__}: {detail}); fix it or remove the model from BASE_MODELS"
+            ) from None
+        tokenizer = load_tokenizer(path)
         if shapes and getattr(tokenizer, "chat_template", None):
             problem = _render_bounded(tokenizer, list(shapes.values()))
             if problem:

@@ -23,7 +23,7 @@ from pathlib import Path
 from tests.modelfiles import write_model_dir
 from tests.servers import free_port
 
-__all__ = ["CASES", "DATA", "Case", "S3Target", "Workspace"]
+__all__ = ["CASES", "DATA", "TRANSIENT_CASES", "Case", "S3Target", "Workspace"]
 
 DATA = Path(__file__).parent / "data"
 GOOD_MODEL = "good-model"
@@ -59,6 +59,7 @@ class Workspace:
     fsize_limit: int | None = None  # RLIMIT_FSIZE for the subprocess, in bytes
     real_model: Path | None = None  # the demo's tiny model (session-built), if the case needs it
     s3: S3Target | None = None
+    keep: list[object] = field(default_factory=list)  # objects a case needs alive (sockets)
 
     @property
     def models(self) -> Path:
@@ -238,6 +239,18 @@ def _bad_credentials(ws: Workspace) -> None:
 
 def _missing_bucket(ws: Workspace) -> None:
     ws.use_s3("s3://oneseek-no-such-bucket/prefix")
+
+
+def _black_hole(ws: Workspace) -> None:
+    """S3_ENDPOINT_URL accepts TCP connections and never answers (a listening socket that
+    is never accepted from: the kernel completes the handshake, nobody reads)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    ws.keep.append(listener)
+    ws.use_s3(S3_ENDPOINT_URL=f"http://127.0.0.1:{listener.getsockname()[1]}")
 
 
 def _no_marker_file(ws: Workspace) -> None:
@@ -498,14 +511,6 @@ CASES: list[Case] = [
         ("ARTIFACTS_URI", "unsupported scheme"),
     ),
     Case(
-        "s3-endpoint-down",
-        "nothing listens at S3_ENDPOINT_URL",
-        _endpoint_down,
-        1,
-        ("cannot reach the S3 endpoint", "resumable"),
-        needs=frozenset({"s3"}),
-    ),
-    Case(
         "s3-endpoint-unresolvable",
         "S3_ENDPOINT_URL host does not resolve",
         lambda ws: ws.use_s3(S3_ENDPOINT_URL="http://no-such-host.invalid:8333"),
@@ -547,3 +552,29 @@ CASES: list[Case] = [
         needs=frozenset({"real_model"}),
     ),
 ]
+
+
+# Conditions a retry can fix: exit 1 (the Job retries within backoffLimit). Kept apart from
+# CASES, which must never exit 1 (tests/test_bad_inputs.py checks both).
+TRANSIENT_CASES: list[Case] = [
+    Case(
+        "s3-endpoint-down",
+        "nothing listens at S3_ENDPOINT_URL",
+        _endpoint_down,
+        1,
+        ("cannot reach the S3 endpoint", "resumable"),
+        needs=frozenset({"s3"}),
+    ),
+    Case(
+        "s3-endpoint-silent",
+        "S3_ENDPOINT_URL accepts TCP and never answers: fails within the pre-flight budget",
+        _black_hole,
+        1,
+        ("did not answer within 30 s", "S3_ENDPOINT_URL"),
+        needs=frozenset({"s3"}),
+    ),
+]
+
+from tests.bad_inputs.more_cases import MORE_CASES  # noqa: E402 - builds on the helpers above
+
+CASES.extend(MORE_CASES)
