@@ -266,6 +266,7 @@ def build_run_files(
                 duration_seconds=r.duration_seconds,
                 started_at=r.started_at,
                 finished_at=r.finished_at,
+                resolution=list(r.resolution),
             )
             for r in models
         },
@@ -314,6 +315,7 @@ def build_run_files(
                             "path": r.model_path,
                             "architecture": r.architecture,
                             "digests": dict(sorted(r.base_model_digests.items())),
+                            "resolution": [n.model_dump() for n in r.resolution],
                         }
                         for r in models
                     },

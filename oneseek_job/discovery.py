@@ -187,6 +187,14 @@ class Resolution:
         """Every requested name named this model itself (no separator-free or partial rule)."""
         return all(rule in EXACT_RULES for rule in self.rules or (self.how,))
 
+    def spellings(self) -> list[dict[str, Any]]:
+        """``{"requested", "key", "rule", "exact"}`` for every name that led to this model."""
+        rules = self.rules or (self.how,) * len(self.requested)
+        return [
+            {"requested": name, "key": self.key, "rule": rule, "exact": rule in EXACT_RULES}
+            for name, rule in zip(self.requested, rules, strict=True)
+        ]
+
     def non_exact(self) -> list[dict[str, str]]:
         """``{"requested", "key", "rule"}`` for every name that matched only loosely.
 

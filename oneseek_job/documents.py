@@ -29,6 +29,7 @@ __all__ = [
     "ManifestFile",
     "ModelMetrics",
     "ModelResult",
+    "ResolvedName",
     "SignatureFile",
     "TrainedModel",
     "TrainingResults",
@@ -48,6 +49,22 @@ class FileDigest(BaseModel):
 
     size: int
     sha256: str
+
+
+class ResolvedName(BaseModel):
+    """How one BASE_MODELS spelling resolved (DESIGN.md "Resolution").
+
+    ``exact`` is False for the loose rules (separator-free, token run), which are logged as
+    warnings; the record lets an auditor see that ``mistral`` was taken to mean
+    ``mistral-7b-instruct``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requested: str
+    key: str
+    rule: str
+    exact: bool
 
 
 class ModelResult(BaseModel):
@@ -86,6 +103,8 @@ class ModelResult(BaseModel):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     host: str = ""
     image_digest: str | None = None
+    # Every BASE_MODELS spelling that led to this model, with the rule that matched it.
+    resolution: list[ResolvedName] = Field(default_factory=list)
 
 
 class Document(BaseModel):
@@ -124,6 +143,7 @@ class TrainedModel(ModelMetrics):
     duration_seconds: float
     started_at: str
     finished_at: str
+    resolution: list[ResolvedName] = Field(default_factory=list)
 
 
 class WeightsMetadata(Document):

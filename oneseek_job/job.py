@@ -23,12 +23,13 @@ from oneseek_job import layout
 from oneseek_job.certify import certify_run, is_committed, missing_models
 from oneseek_job.config import JobSettings
 from oneseek_job.digests import sha256_file
-from oneseek_job.discovery import Resolution, discover, resolve_base_models
-from oneseek_job.documents import FileDigest, ModelResult, live_metrics
-from oneseek_job.errors import EXIT_PREEMPTED, ConfigError, JobError
+from oneseek_job.discovery import Resolution
+from oneseek_job.documents import FileDigest, ModelResult, ResolvedName, live_metrics
+from oneseek_job.errors import EXIT_PREEMPTED, JobError
 from oneseek_job.logs import bind, get_logger
+from oneseek_job.preflight import run_preflight
 from oneseek_job.provenance import hash_model_inputs_async, load_private_key, load_public_key
-from oneseek_job.storage import Store, check_writable, store_from_settings, upload_tree
+from oneseek_job.storage import Store, store_from_settings, upload_tree
 from oneseek_job.verify import VerifyReport, resolve_run_id, verify_run
 
 if TYPE_CHECKING:
@@ -77,43 +78,20 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         JobError: a model failed; the other models' artifacts are kept.
     """
     reporter = reporter or _NoReporter()
-    # 1. Inputs, cheapest checks first, so a bad config never costs GPU time.
-    if not settings.base_models:
-        raise ConfigError("BASE_MODELS is empty: set it to comma-separated model names")
-    if settings.dataset is None:
-        raise ConfigError("DATASET is not set: point it at a JSONL file or directory")
-    # The real-cluster checks of preflight.CHECKS (until run_preflight drives this step).
-    from oneseek_job import preflight
-
-    pre = preflight.Preflight(settings)
-    for check in (preflight.check_job_shape, preflight.check_secrets, preflight.check_gpu):
-        check(pre)
-    report = discover(settings.models_dir, allow_pickle=settings.allow_pickle)
-    # Bounded: BASE_MODELS comes from a ConfigMap and may be arbitrarily long.
-    log.info(
-        "config",
-        tag="config",
-        base_models=settings.base_models[:20],
-        count=len(settings.base_models),
-    )
-    resolutions = resolve_base_models(settings.base_models, report)
-    pre.resolutions = resolutions
-    preflight.check_model_aliases(pre)
-    setting, index = settings.model_selector
-    selected = preflight.select_models(resolutions, index, setting)
+    # 1. Every input checked before the first GPU second (preflight.CHECKS, cheapest first).
+    pre = run_preflight(settings)
+    assert pre.store is not None and settings.dataset is not None
+    resolutions, selected, records, store = pre.resolutions, pre.selected, pre.records, pre.store
+    _setting, index = settings.model_selector
     log.info(
         "mode",
         tag="mode",
         models=[r.key for r in selected],
         of=len(resolutions),
         indexed=index is not None,
+        loose=[m for r in resolutions for m in r.non_exact()],
     )
-    from oneseek_job.data import load_records
-
-    records = load_records(settings.dataset, skip_bad_records=settings.train.skip_bad_records)
     dataset = _hash_dataset(settings.dataset)
-    store = store_from_settings(settings)
-    check_writable(store)  # a read-only artifacts volume fails now, not after training
     if is_committed(store, settings.run_id):
         log.info("already_certified", tag="certified", run_id=settings.run_id)
         _remove_checkpoints(settings)
@@ -311,6 +289,7 @@ def _train_and_upload(
         hyperparameters=_hyperparameters(settings),
         host=socket.gethostname(),
         image_digest=settings.image_digest,
+        resolution=[ResolvedName(**name) for name in resolution.spellings()],
     )
     store.put_bytes(marker, result.model_dump_json(indent=2).encode())
     log.info(

@@ -47,6 +47,7 @@ from oneseek_job.digests import sha256_bytes, sha256_file
 from oneseek_job.documents import LedgerEntry, SignatureFile
 from oneseek_job.errors import ConfigError, InputError
 from oneseek_job.logs import register_secret
+from oneseek_job.safefile import read_regular_file
 
 __all__ = [
     "GENESIS_HASH",
@@ -301,15 +302,12 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an ed25519 private key (PEM, unencrypted: the Secret mount is the protection).
 
     Raises:
-        ConfigError: missing, unreadable, or not an ed25519 private key.
+        InputError: missing, unreadable, not a regular file (FIFO, device) or too large.
+        ConfigError: not an ed25519 private key.
     """
     hint = "create one with `oneseek-job keygen` and mount it via ONESEEK_SIGNING_KEY_FILE"
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(
-            f"signing key {path} cannot be read ({error.strerror}): {hint}"
-        ) from error
+    # Never a blocking open: a FIFO or a device here must fail, not hang the job.
+    data, _mode = read_regular_file(Path(path), what="signing key", limit=64 * 1024)
     register_secret(data.decode("utf-8", "replace").strip())
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -324,12 +322,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read an ed25519 public key (PEM, as ``oneseek-job keygen`` writes it).
 
     Raises:
-        ConfigError: missing, unreadable, or not an ed25519 public key.
+        InputError: missing, unreadable, not a regular file (FIFO, device) or too large.
+        ConfigError: not an ed25519 public key.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(f"public key {path} cannot be read: {error.strerror}") from error
+    data, _mode = read_regular_file(Path(path), what="public key", limit=64 * 1024)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as error:

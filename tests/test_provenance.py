@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from oneseek_job import certify, layout, provenance, verify
 from oneseek_job.digests import sha256_file
-from oneseek_job.errors import ConfigError, InputError
+from oneseek_job.errors import ConfigError, InputError, JobError
 from oneseek_job.storage import LocalStore, S3Store
 from tests.fake_run import KB, QWEN, RUN_ID, VERSION, FakeRun, failures, make_run, read_markers
 
@@ -421,8 +421,12 @@ def test_load_private_key_rejects_other_key_types(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="not an ed25519 key"):
         provenance.load_private_key(path)
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(JobError, match="cannot be opened") as info:
         provenance.load_private_key(tmp_path / "missing.pem")
+    assert info.value.exit_code == 2
+    os.mkfifo(tmp_path / "fifo.pem")  # refused at once, never a blocking open
+    with pytest.raises(JobError, match="not a regular file"):
+        provenance.load_public_key(tmp_path / "fifo.pem")
 
 
 def test_signature_file_content(run: FakeRun) -> None:

@@ -16,7 +16,8 @@ ALLOWED = {
     "digests": set(),
     "documents": set(),
     "storage": BASE,
-    "provenance": BASE | {"layout", "documents"},
+    "safefile": {"errors"},
+    "provenance": BASE | {"layout", "documents", "safefile"},
     "verify": BASE | {"layout", "documents", "provenance", "storage"},
     "certify": BASE | {"layout", "documents", "provenance", "storage", "discovery"},
 }
