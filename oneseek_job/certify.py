@@ -646,13 +646,35 @@ def missing_models(store: Store, run_id: str, keys: list[str]) -> list[str]:
 
 
 def read_results(store: Store, run_id: str) -> list[ModelResult]:
-    """Every done marker of the run."""
+    """Every done marker of the run.
+
+    Raises:
+        InputError: a marker is not a ModelResult, or names another model than its file
+            (a crafted or damaged marker: retrying cannot repair it).
+    """
+    from pydantic import ValidationError
+
     prefix = f"{layout.run_prefix(run_id)}{layout.DONE_DIR}/"
-    return [
-        ModelResult.model_validate_json(store.get_bytes(info.key))
-        for info in store.list(prefix)
-        if info.key.endswith(".json")
-    ]
+    results: list[ModelResult] = []
+    for info in store.list(prefix):
+        if not info.key.endswith(".json"):
+            continue
+        try:
+            result = ModelResult.model_validate_json(store.get_bytes(info.key))
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "document"
+            raise InputError(
+                f"done marker {info.key} is not a model result ({where}: {first['msg']}); "
+                "delete it and re-run that model with the same RUN_ID"
+            ) from None
+        if f"{result.key}.json" != info.key.rsplit("/", 1)[-1]:
+            raise InputError(
+                f"done marker {info.key} names model {result.key[:80]!r}; delete it and "
+                "re-run that model with the same RUN_ID"
+            )
+        results.append(result)
+    return results
 
 
 def _dataset_tokens(results: list[ModelResult]) -> list[str]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from oneseek_job.digests import sha256_bytes, sha256_file
-from oneseek_job.errors import ConfigError, InputError, StorageError
+from oneseek_job.errors import ConfigError, InputError, StorageError, TransientError
 from oneseek_job.logs import get_logger, redact_text, register_secret
 
 if TYPE_CHECKING:
@@ -875,7 +875,10 @@ def store_from_settings(settings: JobSettings) -> Store:
 
 
 def _check_endpoint(endpoint_url: str) -> None:
-    parts = urlsplit(endpoint_url)
+    try:
+        parts = urlsplit(endpoint_url)
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        raise ConfigError("S3_ENDPOINT_URL: not a valid URL") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(
             f"S3_ENDPOINT_URL: {redact_text(endpoint_url)!r} is not an http(s)://host[:port] URL"
@@ -888,7 +891,12 @@ def _check_endpoint(endpoint_url: str) -> None:
     # letting the Job burn its retries. (Connection refused / timeouts stay retryable.)
     try:
         socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80))
-    except socket.gaierror:
+    except socket.gaierror as error:
+        if error.errno == socket.EAI_AGAIN:  # the resolver itself is failing: retry may pass
+            raise TransientError(
+                f"S3_ENDPOINT_URL: DNS lookup of {parts.hostname!r} failed temporarily "
+                "(EAI_AGAIN); the run is resumable"
+            ) from None
         raise ConfigError(
             f"S3_ENDPOINT_URL: host {parts.hostname!r} does not resolve; check the endpoint"
         ) from None

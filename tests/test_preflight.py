@@ -269,3 +269,37 @@ def test_checks_are_named_and_ordered_cheapest_first() -> None:
     assert names.index("required-settings") < names.index("models") < names.index("tokenizers")
     assert names.index("dataset") < names.index("tokenizers")
     assert names[-1] == "tokenizers"  # the only check that imports transformers
+
+
+def test_dns_temporary_failure_is_transient_and_unknown_host_is_bad_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from oneseek_job import storage
+
+    def fail(code: int) -> None:
+        def getaddrinfo(*_args: object, **_kwargs: object) -> None:
+            raise socket.gaierror(code, "lookup failed")
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    fail(socket.EAI_AGAIN)
+    with pytest.raises(TransientError, match="EAI_AGAIN") as info:
+        storage._check_endpoint("http://minio.internal:9000")
+    assert info.value.exit_code == EXIT_FAILED
+    fail(socket.EAI_NONAME)
+    with pytest.raises(ConfigError, match="does not resolve") as info2:
+        storage._check_endpoint("http://minio.internal:9000")
+    assert info2.value.exit_code == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize(
+    ("errno_name", "code"),
+    [("ENOSPC", 2), ("EDQUOT", 2), ("EROFS", 2), ("EACCES", 2), ("EIO", 1), ("ESTALE", 1)],
+)
+def test_os_errors_map_to_what_a_retry_can_do(errno_name: str, code: int) -> None:
+    import errno
+
+    from oneseek_job.errors import exit_code_for_os_error
+
+    number = getattr(errno, errno_name)
+    assert exit_code_for_os_error(OSError(number, os.strerror(number))) == code

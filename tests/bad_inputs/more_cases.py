@@ -1129,3 +1129,33 @@ MORE_CASES: list[Case] = [
         needs=S3,
     ),
 ]
+
+
+def _marker(content: bytes) -> Setup:
+    def setup(ws: Workspace) -> None:
+        from oneseek_job import layout
+
+        marker = ws.root / "artifacts" / layout.done_marker_key("run-bad-input", GOOD_MODEL)
+        marker.parent.mkdir(parents=True)
+        marker.write_bytes(content)
+        ws.args = ["certify", "--run-id", "run-bad-input"]
+
+    return setup
+
+
+MORE_CASES += [
+    Case(
+        "done-marker-crafted",
+        "a done marker that is not a model result",
+        _marker(b'{"key": ["good-model"], "files": "all of them"}'),
+        2,
+        ("done marker", "not a model result"),
+    ),
+    Case(
+        "done-marker-not-json",
+        "a done marker that is not JSON",
+        _marker(b"\x00\x01 not json"),
+        2,
+        ("done marker", "not a model result"),
+    ),
+]
