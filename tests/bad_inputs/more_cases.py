@@ -1032,7 +1032,7 @@ MORE_CASES: list[Case] = [
         "ONESEEK_SIGNING_KEY_FILE points nowhere",
         _key("missing"),
         2,
-        ("ONESEEK_SIGNING_KEY_FILE", "cannot be opened"),
+        ("ONESEEK_SIGNING_KEY_FILE", "does not exist"),
     ),
     Case(
         "signing-key-fifo",
