@@ -1159,3 +1159,41 @@ MORE_CASES += [
         ("done marker", "not a model result"),
     ),
 ]
+
+
+def _verify_with_public_key(kind: str) -> Setup:
+    def setup(ws: Workspace) -> None:
+        key = ws.root / "oneseek.pub"
+        if kind == "fifo":
+            os.mkfifo(key)
+        else:
+            key.write_bytes(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+        (ws.root / "artifacts").mkdir()
+        ws.args = [
+            "verify",
+            str(ws.root / "artifacts"),
+            "--run-id",
+            "run-bad-input",
+            "--public-key",
+            str(key),
+        ]
+
+    return setup
+
+
+MORE_CASES += [
+    Case(
+        "verify-public-key-fifo",
+        "verify --public-key pointing at a FIFO: refused, never opened blocking",
+        _verify_with_public_key("fifo"),
+        2,
+        ("public key", "not a regular file"),
+    ),
+    Case(
+        "verify-public-key-garbage",
+        "verify --public-key with a broken PEM",
+        _verify_with_public_key("garbage"),
+        2,
+        ("public key", "not a PEM public key"),
+    ),
+]
