@@ -11,7 +11,7 @@ and writes CURRENT last.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -141,7 +141,11 @@ def _instant(text: str) -> datetime:
 
 
 def build_run_files(
-    results: list[ModelResult], info: RunInfo, *, signing_key: Ed25519PrivateKey | None
+    results: list[ModelResult],
+    info: RunInfo,
+    *,
+    signing_key: Ed25519PrivateKey | None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> dict[str, bytes]:
     """Every run-level JSON file of a run, as bytes, keyed by path relative to the run prefix.
 
@@ -153,6 +157,8 @@ def build_run_files(
         results: one done marker per model of the run (any order).
         info: run-wide settings.
         signing_key: signs the ledger (the MANIFEST is signed separately); None: unsigned.
+        extra_files: more run-level files (the HTML report), returned with the others and
+            listed as in-toto subjects.
 
     Raises:
         InputError: no results, duplicate keys, or a model without its .pth in ``files``.
@@ -386,6 +392,7 @@ def build_run_files(
         ledger = ledger.model_copy(update={"signature": signature})
     files["ledger_proof.json"] = ledger.to_bytes()
 
+    files.update(extra_files or {})
     subjects = {path: d.sha256 for path, d in model_files.items()}
     subjects.update({name: sha256_bytes(data) for name, data in files.items()})
     statement = build_intoto_statement(subjects, models, info)
@@ -638,6 +645,8 @@ class Certified:
     not_certified: list[str]
     signed: bool
     already: bool  # the run was committed before this call (only promotion was finished)
+    dna: str = ""  # empty when ``already``
+    status: str = ""
 
 
 def missing_models(store: Store, run_id: str, keys: list[str]) -> list[str]:
@@ -692,6 +701,7 @@ def certify_run(
     image_digest: str | None,
     signing_key: Ed25519PrivateKey | None,
     expected: list[str] | None,
+    extra_files: Callable[[Mapping[str, bytes]], Mapping[str, bytes]] | None = None,
 ) -> Certified:
     """Certify a run whose models are all uploaded: documents, MANIFEST, promotion, CURRENT.
 
@@ -703,6 +713,9 @@ def certify_run(
         version, language, allow_regression, image_digest: run-wide settings.
         signing_key: signs ledger and MANIFEST; None: an unsigned run.
         expected: model keys that must have done markers (None: whatever is there).
+        extra_files: derives more run files (the HTML report) from the run-level files;
+            they are certified like the others. Must be a pure function of its input and
+            the store, so racing certifiers write the same bytes.
 
     Raises:
         InputError: no finished models, or some expected ones are missing.
@@ -735,7 +748,12 @@ def certify_run(
         image_digest=image_digest,
         hyperparameters=results[0].hyperparameters,
     )
-    for name, data in build_run_files(results, info, signing_key=signing_key).items():
+    run_files = build_run_files(results, info, signing_key=signing_key)
+    if extra_files is not None:
+        run_files = build_run_files(
+            results, info, signing_key=signing_key, extra_files=extra_files(run_files)
+        )
+    for name, data in run_files.items():
         store.put_bytes(prefix + name, data)
     # Hidden housekeeping (.done/ markers, .live/ progress) is not part of the certified set.
     objects = [o for o in store.list(prefix) if not o.key.removeprefix(prefix).startswith(".")]
@@ -753,6 +771,8 @@ def certify_run(
         not_certified=[r.key for r in results if not r.certified],
         signed=signing_key is not None,
         already=False,
+        dna=json.loads(run_files[layout.DNA_NAME])["dna"],
+        status=run_status(results)[0],
     )
     log.info(
         "certified",

@@ -213,17 +213,26 @@ def _run_training(settings: JobSettings) -> None:
     """train_job with Kubernetes Events/annotations when in a Job (a no-op reporter outside)."""
     from oneseek_job.job import train_job
     from oneseek_job.kube import JobReporter, KubeContext
+    from oneseek_job.telemetry import open_telemetry
 
     context = KubeContext.from_environment(os.environ)
     settings = _with_running_image_digest(settings, context)
     reporter = JobReporter(context)
+    telemetry = open_telemetry(
+        settings.telemetry_dir,
+        run_id=settings.run_id,
+        tensorboard=settings.tensorboard,
+        metrics_port=settings.metrics_port,
+        mlflow_tracking_uri=settings.mlflow_tracking_uri,
+    )
     try:
-        train_job(settings, reporter)
+        train_job(settings, reporter, telemetry)
     except JobError as error:
         if error.exit_code != EXIT_PREEMPTED:
             reporter.failed(str(error))
         raise
     finally:
+        telemetry.close()
         reporter.close()
 
 
@@ -381,6 +390,51 @@ def _print_verdict(report: VerifyReport, *, as_json: bool) -> None:
     for check in report.checks:
         table.add_row(check.name, "ok" if check.ok else "FAIL", check.detail)
     Console(width=None if sys.stdout.isatty() else 220).print(table)
+
+
+@app.command()
+def report(
+    artifacts_uri: Annotated[
+        str | None, typer.Argument(help="s3://bucket/prefix or a directory [env: ARTIFACTS_URI].")
+    ] = None,
+    run_id: RunIdOpt = None,
+    current: Annotated[bool, typer.Option(help="Report on the run CURRENT points at.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    public_key: Annotated[
+        Path | None, typer.Option(help="Expected signer's public key (PEM) for the check.")
+    ] = None,
+) -> None:
+    """Render a certified run's HTML report, with a fresh verification, into one file.
+
+    The page is self-contained (inline SVG charts, no scripts or network requests): open it
+    in any browser, attach it to a review. Reads the run only; never imports torch.
+
+    Examples:
+
+      oneseek-job report ./demo/artifacts --current --out report.html
+
+      oneseek-job report s3://oneseek/prod --run-id run-20251123-001234 --out run.html
+    """
+    _setup_logging(to_stderr=True)
+    settings = _settings(artifacts_uri=artifacts_uri, run_id=None if current else run_id)
+    from oneseek_job.job import report_job
+
+    view = report_job(
+        settings,
+        run_id=run_id,
+        current=current or run_id is None,
+        public_key_file=public_key,
+    )
+    from oneseek_job.run_report import render_html
+
+    out.write_text(render_html(view), encoding="utf-8")
+    passed = view.verification is not None and all(c.ok for c in view.verification)
+    typer.echo(
+        f"{out}: run {view.run_id}, {len(view.models)} model(s), "
+        f"verification {'passed' if passed else 'FAILED'}"
+    )
 
 
 @app.command()

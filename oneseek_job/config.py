@@ -309,6 +309,12 @@ class JobSettings(_Base):
         """Where resumable state lives: CHECKPOINT_DIR, else under the work dir."""
         return self.checkpoint_dir or self.work_dir / "checkpoints"
 
+    @property
+    def telemetry_dir(self) -> Path:
+        """TensorBoard events and progress history of this run, beside its checkpoints so a
+        resumed model keeps the curve from before the preemption."""
+        return self.checkpoint_root / self.run_id / ".telemetry"
+
 
 _ENV_NAMES: dict[str, str] = {
     "base_models": "BASE_MODELS",

@@ -30,12 +30,18 @@ from oneseek_job.logs import bind, get_logger
 from oneseek_job.preflight import run_preflight
 from oneseek_job.provenance import hash_model_inputs_async, load_private_key, load_public_key
 from oneseek_job.storage import Store, store_from_settings, upload_tree
+from oneseek_job.telemetry import FanOut, MetricsSink, model_files
 from oneseek_job.verify import VerifyReport, resolve_run_id, verify_run
 
 if TYPE_CHECKING:
-    from oneseek_job.data import Record
+    from collections.abc import Mapping
 
-__all__ = ["Reporter", "certify_job", "train_job", "verify_job"]
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from oneseek_job.data import Record
+    from oneseek_job.run_report import RunView
+
+__all__ = ["Reporter", "certify_job", "report_job", "train_job", "verify_job"]
 
 log = get_logger(__name__)
 # Remote live_metrics.json is rewritten at most this often (S3 PUTs cost and throttle).
@@ -69,8 +75,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
+def train_job(
+    settings: JobSettings,
+    reporter: Reporter | None = None,
+    telemetry: MetricsSink | None = None,
+) -> None:
     """Train every selected model of the run, then certify it when all models are done.
+
+    ``telemetry`` (opened and closed by the caller) receives every progress report, phase
+    and result; the per-model files it writes under ``settings.telemetry_dir`` (TensorBoard
+    events, progress history) are published, listed and signed with each model.
 
     Raises:
         ConfigError, InputError, ResolutionError: before any training starts.
@@ -78,6 +92,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         JobError: a model failed; the other models' artifacts are kept.
     """
     reporter = reporter or _NoReporter()
+    telemetry = telemetry or FanOut([])
     # 1. Every input checked before the first GPU second (preflight.CHECKS, cheapest first).
     pre = run_preflight(settings)
     assert pre.store is not None and settings.dataset is not None
@@ -108,18 +123,30 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
         keys=[r.key for r in selected],
     )
     for resolution in selected:
+        telemetry.phase(resolution.key, "queued")
+    for resolution in selected:
         bind(model=resolution.key)
         try:
             position = resolutions.index(resolution)
             with _model_lease(settings, resolution.key):
                 _train_and_upload(
-                    settings, store, resolution, position, records, dataset, reporter, live
+                    settings,
+                    store,
+                    resolution,
+                    position,
+                    records,
+                    dataset,
+                    reporter,
+                    live,
+                    telemetry,
                 )
         except JobError as error:
             if error.exit_code == EXIT_PREEMPTED:  # stop now, the retry resumes
                 raise
+            telemetry.phase(resolution.key, "failed")
             failures.append(_model_failed(reporter, resolution.key, error))
         except Exception as error:  # one broken model must not cost the others their run
+            telemetry.phase(resolution.key, "failed")
             wrapped = JobError(f"{resolution.key}: {type(error).__name__}: {error}")
             failures.append(_model_failed(reporter, resolution.key, wrapped))
         finally:
@@ -141,7 +168,7 @@ def train_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     if missing:
         log.info("waiting_for_models", tag="mode", missing=missing)
         return
-    _certify(settings, store, reporter, expected=[r.key for r in resolutions])
+    _certify(settings, store, reporter, expected=[r.key for r in resolutions], telemetry=telemetry)
 
 
 def _model_lease(settings: JobSettings, key: str) -> AbstractContextManager[object]:
@@ -220,6 +247,7 @@ def _train_and_upload(
     dataset: _Dataset,
     reporter: Reporter,
     live: _LiveMetrics,
+    telemetry: MetricsSink,
 ) -> None:
     from oneseek_job.training import is_main_process, train_model
 
@@ -235,6 +263,13 @@ def _train_and_upload(
     weights_path = staging / "weights" / layout.weights_file_name(settings.model_version, key)
     started = _now()
     live.model = key
+    telemetry.model_started(key, _hyperparameters(settings))
+    telemetry.phase(key, "training")
+
+    def on_progress(event: dict[str, Any]) -> None:
+        live(event)
+        telemetry.progress(key, event)
+
     outcome = train_model(
         key=key,
         model_path=model.path,
@@ -245,10 +280,13 @@ def _train_and_upload(
         weights_path=weights_path,
         checkpoint_dir=settings.checkpoint_root / settings.run_id / key,
         allow_pickle=settings.allow_pickle,
-        on_progress=live,
+        on_progress=on_progress,
     )
     if not is_main_process():
         return
+    telemetry.model_finished(key, _telemetry_summary(outcome))
+    telemetry.phase(key, "uploading")
+    _stage_telemetry(settings, key, staging)
     certified = outcome.improved or settings.train.allow_regression
     if not outcome.improved:
         log.warning(
@@ -301,7 +339,51 @@ def _train_and_upload(
         final_val_loss=outcome.final_val_loss,
         certified=certified,
     )
+    telemetry.phase(key, "done")
     reporter.model_trained(key, {"final_val_loss": outcome.final_val_loss, "certified": certified})
+
+
+def _telemetry_summary(outcome: Any) -> dict[str, Any]:
+    """A model's final numbers for the telemetry sinks (and the report's history file)."""
+    return {
+        "base_val_loss": outcome.base_val_loss,
+        "final_val_loss": outcome.final_val_loss,
+        "final_train_loss": outcome.final_train_loss,
+        "improved": outcome.improved,
+        "steps": outcome.steps,
+        "train_tokens": outcome.train_tokens,
+        "tokens_per_second": outcome.tokens_per_second,
+        "duration_seconds": outcome.duration_seconds,
+        "hardware": _hardware(),
+    }
+
+
+def _hardware() -> dict[str, Any]:
+    """What trained, for the run report's throughput table (torch is loaded by then)."""
+    import os
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "host": socket.gethostname(),
+        "device": "cuda" if cuda else "cpu",
+        "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_count": torch.cuda.device_count() if cuda else 0,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+
+
+def _stage_telemetry(settings: JobSettings, key: str, staging: Path) -> None:
+    """Copy the model's TensorBoard events and history next to its adapter, so they are
+    uploaded, listed in MANIFEST and signed with it."""
+    import shutil
+
+    for name, source in model_files(settings.telemetry_dir, key).items():
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
 
 
 @dataclass(frozen=True)
@@ -338,9 +420,17 @@ def certify_job(settings: JobSettings, reporter: Reporter | None = None) -> None
 
 
 def _certify(
-    settings: JobSettings, store: Store, reporter: Reporter, expected: list[str] | None
+    settings: JobSettings,
+    store: Store,
+    reporter: Reporter,
+    expected: list[str] | None,
+    telemetry: MetricsSink | None = None,
 ) -> None:
     signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
+
+    def report(run_files: Mapping[str, bytes]) -> dict[str, bytes]:
+        return _render_report(store, settings.run_id, run_files, signing_key)
+
     certified = certify_run(
         store,
         settings.run_id,
@@ -350,10 +440,59 @@ def _certify(
         image_digest=settings.image_digest,
         signing_key=signing_key,
         expected=expected,
+        extra_files=report,
     )
     if not certified.already:
         reporter.certified(certified.run_id, certified.uri)
+        if telemetry is not None:
+            telemetry.run_certified(
+                {
+                    "run_id": certified.run_id,
+                    "dna": certified.dna,
+                    "uri": certified.uri,
+                    "status": certified.status,
+                }
+            )
     _remove_checkpoints(settings)
+
+
+def _render_report(
+    store: Store,
+    run_id: str,
+    run_files: Mapping[str, bytes],
+    signing_key: Ed25519PrivateKey | None,
+) -> dict[str, bytes]:
+    """``{report.html: bytes}``: a pure function of the run files and the uploaded progress
+    histories, so racing certifiers render the same bytes."""
+    from oneseek_job.provenance import public_key_fingerprint
+    from oneseek_job.run_report import REPORT_NAME, read_histories, render_html, run_view
+
+    view = run_view(
+        run_files,
+        read_histories(store, layout.run_prefix(run_id)),
+        run_id=run_id,
+        signed=signing_key is not None,
+        signer=public_key_fingerprint(signing_key) if signing_key is not None else None,
+    )
+    return {REPORT_NAME: render_html(view).encode("utf-8")}
+
+
+def report_job(
+    settings: JobSettings, *, run_id: str | None, current: bool, public_key_file: Path | None
+) -> RunView:
+    """``oneseek-job report``: a committed run's report data, with a fresh verification."""
+    from oneseek_job.run_report import Check, load_run_view
+
+    store = store_from_settings(settings)
+    target = resolve_run_id(store, run_id, current)
+    public_key = load_public_key(public_key_file) if public_key_file else None
+    verdict = verify_run(store, target, public_key=public_key, allow_unsigned=True)
+    return load_run_view(
+        store,
+        layout.run_prefix(target),
+        run_id=target,
+        verification=[Check(c.name, c.ok, c.detail) for c in verdict.checks],
+    )
 
 
 def verify_job(

@@ -23,9 +23,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from oneseek_job.telemetry import METRICS_DIR
 from oneseek_job.telemetry.sinks import read_history
+
+if TYPE_CHECKING:
+    from oneseek_job.storage import Store
 
 __all__ = [
     "REPORT_NAME",
@@ -33,6 +37,8 @@ __all__ = [
     "ModelView",
     "ResolutionRow",
     "RunView",
+    "load_run_view",
+    "read_histories",
     "render_html",
     "run_view",
 ]
@@ -236,6 +242,62 @@ def run_view(
         file_count=_int(manifest.get("file_count")),
         total_size=_int(manifest.get("total_size")),
         verification=list(verification) if verification is not None else None,
+    )
+
+
+# Run documents the page reads (besides weights/*.json and metrics/*.jsonl).
+_DOCUMENTS = ("training_results.json", "oneseek_dna.json", "MANIFEST.json")
+# A history beyond this is not drawn (a runaway file must not make the page huge).
+_MAX_HISTORY_BYTES = 16 << 20
+
+
+def read_histories(store: Store, prefix: str) -> dict[str, str]:
+    """Model key → text of ``metrics/<key>.jsonl`` under the run ``prefix``."""
+    histories: dict[str, str] = {}
+    folder = f"{prefix}{METRICS_DIR}/"
+    for info in store.list(folder):
+        name = info.key[len(folder) :]
+        if name.endswith(".jsonl") and "/" not in name and info.size <= _MAX_HISTORY_BYTES:
+            text = store.get_bytes(info.key).decode("utf-8", errors="replace")
+            histories[name.removesuffix(".jsonl")] = text
+    return histories
+
+
+def load_run_view(
+    store: Store,
+    prefix: str,
+    *,
+    run_id: str,
+    signed: bool | None = None,
+    signer: str | None = None,
+    verification: Sequence[Check] | None = None,
+) -> RunView:
+    """Read a run's documents and histories from ``store`` under ``prefix`` (the run's
+    prefix, ending in ``/``) and assemble its view.
+
+    Args:
+        signed, signer: the certifier's signing key (before MANIFEST.json exists); None:
+            taken from MANIFEST.json.
+        verification: a fresh verification's checks, if one was run.
+    """
+    wanted: dict[str, bytes] = {}
+    for info in store.list(prefix):
+        name = info.key[len(prefix) :]
+        if name in _DOCUMENTS or (name.startswith("weights/") and name.endswith(".json")):
+            wanted[name] = store.get_bytes(info.key)
+    histories = read_histories(store, prefix)
+    if signed is None:
+        manifest = _json(wanted, "MANIFEST.json")
+        signed = bool(manifest.get("signed"))
+        found = manifest.get("signer_fingerprint")
+        signer = str(found) if found else None
+    return run_view(
+        wanted,
+        histories,
+        run_id=run_id,
+        signed=signed,
+        signer=signer,
+        verification=verification,
     )
 
 

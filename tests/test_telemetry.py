@@ -186,8 +186,9 @@ def test_prometheus_endpoint_serves_per_model_gauges() -> None:
 
     sink = PrometheusSink(0, addr="127.0.0.1", run_id="run-x")
     try:
-        sink.model_started("a", PARAMS)
-        sink.model_started("b", PARAMS)
+        for key in ("a", "b"):
+            sink.phase(key, "queued")
+            sink.model_started(key, PARAMS)
         sink.phase("a", "training")
         sink.progress("a", _events(4)[1])
         page = _scrape(sink.port)

@@ -63,8 +63,7 @@ class PrometheusSink:
         log.info("metrics_endpoint", port=self.port, addr=addr)
 
     def model_started(self, key: str, params: Mapping[str, Any]) -> None:
-        """The model appears as ``queued`` until training starts."""
-        self.phase(key, "queued")
+        """Phases say it (the job reports every model ``queued`` first)."""
 
     def progress(self, key: str, event: Mapping[str, Any]) -> None:
         """Set each known gauge from the event."""
