@@ -43,6 +43,8 @@ def _feed(sink: Any, key: str, n: int = 5) -> None:
     sink.phase(key, "training")
     for event in _events(n):
         sink.progress(key, event)
+    # the end-of-training evaluation repeats the last step (learning rate 0)
+    sink.progress(key, {**_events(n)[-1], "lr": 0.0, "val_loss": 2.5})
     sink.model_finished(
         key, {"base_val_loss": 3.5, "final_val_loss": 2.5, "final_train_loss": 2.6, "steps": n}
     )
@@ -86,7 +88,8 @@ def test_a_failing_sink_is_dropped_after_one_warning_and_the_others_carry_on() -
     warnings = [e for e in logs if e["event"] == "telemetry_sink_disabled"]
     assert len(warnings) == 1
     assert warnings[0]["sink"] == "_Broken" and "down" in warnings[0]["error"]
-    assert [c for c in good.calls if c[0] == "progress"] == [("progress", s) for s in range(1, 6)]
+    progress = [c for c in good.calls if c[0] == "progress"]
+    assert progress == [("progress", s) for s in (1, 2, 3, 4, 5, 5)]
     assert good.calls[-2:] == [("run_certified", "D"), ("close", None)]
     # the broken sink got nothing after its failure, not even close()
     assert ("close", None) not in broken.calls and fan.sinks == []
@@ -224,3 +227,35 @@ def test_a_taken_metrics_port_is_a_warning_not_a_failure(tmp_path: Path) -> None
         fan.close()
     assert names == ["HistorySink"]
     assert any(e["event"] == "metrics_endpoint_unavailable" for e in logs)
+
+
+def test_console_progress_shows_one_line_per_model_with_loss_throughput_and_eta() -> None:
+    import io
+
+    from oneseek_job.progress import ConsoleProgress, eta_text, is_progress_event
+
+    out = io.StringIO()
+    progress = ConsoleProgress(out, width=140)
+    for key in ("kb-llama", "qwen"):
+        progress.phase(key, "queued")
+    progress.model_started("kb-llama", PARAMS)
+    progress.phase("kb-llama", "training")
+    progress.progress("kb-llama", _events(5)[2])
+    progress.close()
+    screen = out.getvalue()
+    final = [line for line in screen.splitlines() if "kb-llama" in line][-1]
+    assert "3/5" in final and "loss 2.7000" in final and "1,003 tok/s" in final
+    assert "ETA 00:02" in final
+    assert "queued" in [line for line in screen.splitlines() if "qwen" in line][-1]
+
+    out = io.StringIO()
+    progress = ConsoleProgress(out, width=140)
+    _feed(progress, "kb-llama", n=5)
+    progress.phase("kb-llama", "done")
+    progress.close()
+    final = [line for line in out.getvalue().splitlines() if "kb-llama" in line][-1]
+    assert "5/5" in final and "done · val 3.5000 → 2.5000 ✓" in final
+
+    assert eta_text(3725) == "1:02:05" and eta_text(None) == "--:--"
+    assert is_progress_event({"event": "training", "step": 3})
+    assert not is_progress_event({"event": "training", "display_name": "x"})

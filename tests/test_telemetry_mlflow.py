@@ -18,7 +18,7 @@ from tests.test_telemetry import PARAMS, _feed
 def test_one_experiment_per_job_run_one_mlflow_run_per_model(mlflow_server: MlflowServer) -> None:
     from mlflow.tracking import MlflowClient
 
-    sink = MlflowSink(mlflow_server.uri, run_id="run-mlflow-1")
+    sink = MlflowSink(mlflow_server.wait().uri, run_id="run-mlflow-1")
     _feed(sink, "kb-llama", n=5)
     _feed(sink, "qwen", n=3)
     sink.run_certified(
@@ -70,14 +70,14 @@ def test_a_tracking_server_that_is_down_warns_once_and_never_blocks(tmp_path: Pa
     assert len(warnings) == 1, warnings
     assert warnings[0]["tracking_uri"] == down
     # the history sink beside it still got every report
-    assert len((tmp_path / "metrics" / "a.jsonl").read_text().splitlines()) == 21
+    assert len((tmp_path / "metrics" / "a.jsonl").read_text().splitlines()) == 22
 
 
 def test_mlflow_params_fit_the_servers_batch_limit(mlflow_server: MlflowServer) -> None:
     from mlflow.tracking import MlflowClient
 
     many = {"p": {f"k{i:03d}": i for i in range(250)}, "long": "x" * 9000}
-    sink = MlflowSink(mlflow_server.uri, run_id="run-mlflow-2")
+    sink = MlflowSink(mlflow_server.wait().uri, run_id="run-mlflow-2")
     sink.model_started("m", {**PARAMS, **many})
     sink.close()
     client = MlflowClient(tracking_uri=mlflow_server.uri)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from oneseek_job.logs import get_logger
-from oneseek_job.telemetry.sinks import Phase, finite, flatten_params
+from oneseek_job.telemetry.sinks import Phase, finite, flatten_params, is_evaluation
 from oneseek_job.telemetry.tensorboard import SCALAR_TAGS
 
 __all__ = ["MlflowSink", "experiment_name"]
@@ -151,7 +151,8 @@ class MlflowSink:
         step = event.get("step")
         if not isinstance(step, int):
             return
-        values = {tag: finite(event.get(field)) for field, tag in SCALAR_TAGS.items()}
+        fields = ["val_loss"] if is_evaluation(event) else list(SCALAR_TAGS)
+        values = {SCALAR_TAGS[f]: finite(event.get(f)) for f in fields}
         self._log(key, step, {k: v for k, v in values.items() if v is not None})
 
     def phase(self, key: str, phase: Phase) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "Phase",
     "finite",
     "flatten_params",
+    "is_evaluation",
     "read_history",
 ]
 
@@ -119,6 +120,12 @@ def finite(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def is_evaluation(event: Mapping[str, Any]) -> bool:
+    """Whether a progress report is the end-of-training evaluation (it repeats the last
+    step with ``val_loss``, learning rate 0), not one more training interval."""
+    return event.get("val_loss") is not None or event.get("phase") == "done"
 
 
 def flatten_params(

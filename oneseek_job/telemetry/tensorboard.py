@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from oneseek_job.telemetry.sinks import Phase, finite, flatten_params
+from oneseek_job.telemetry.sinks import Phase, finite, flatten_params, is_evaluation
 
 __all__ = ["HPARAM_METRICS", "SCALAR_TAGS", "TensorBoardSink"]
 
@@ -40,6 +40,7 @@ class TensorBoardSink:
         self._flush_secs = flush_secs
         self._writers: dict[str, Any] = {}
         self._last_step: dict[str, int] = {}
+        self._val_steps: dict[str, set[int]] = {}  # steps with an adapter validation point
 
     def _writer(self, key: str) -> Any:
         writer = self._writers.get(key)
@@ -66,10 +67,14 @@ class TensorBoardSink:
             return
         self._last_step[key] = step
         writer = self._writer(key)
-        for field, tag in SCALAR_TAGS.items():
+        fields = ["val_loss"] if is_evaluation(event) else list(SCALAR_TAGS)
+        for field in fields:
+            tag = SCALAR_TAGS[field]
             value = finite(event.get(field))
             if value is not None:
                 writer.add_scalar(tag, value, step)
+                if field == "val_loss":
+                    self._val_steps.setdefault(key, set()).add(step)
 
     def phase(self, key: str, phase: Phase) -> None:
         """Phases are live state; TensorBoard shows history."""
@@ -86,7 +91,7 @@ class TensorBoardSink:
             writer.add_scalar("val/base_loss", base, 0)
             writer.add_scalar("val/base_loss", base, last)  # a flat reference line
         final = finite(summary.get("final_val_loss"))
-        if final is not None:
+        if final is not None and last not in self._val_steps.get(key, set()):
             writer.add_scalar("val/adapter_loss", final, last)
         _, _, end = hparams({}, {})
         writer.file_writer.add_summary(end)
