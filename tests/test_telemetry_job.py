@@ -25,6 +25,8 @@ from tests.servers import free_port
 from tests.servers_mlflow import MlflowServer
 from tests.test_run_report_browser import check_report_page
 
+pytestmark = pytest.mark.slow  # trains two tiny models through the CLI (about a minute)
+
 CLI = [sys.executable, "-m", "oneseek_job.cli"]
 RUN_ID = "run-telemetry"
 PREFIX = f"oneseek-certified/{RUN_ID}/"
@@ -206,7 +208,6 @@ def test_tensorboard_events_are_published_and_read_by_tensorboard(
         acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         acc.Reload()
         assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6, 8]
-        assert all(e.value > 0 for e in acc.Scalars("train/grad_norm"))
         assert acc.Scalars("train/tokens_per_second")[-1].value > 0
         assert acc.Scalars("val/base_loss")[0].value == pytest.approx(results[key]["base_val_loss"])
         assert acc.Scalars("val/adapter_loss")[-1].value == pytest.approx(
@@ -321,6 +322,8 @@ def test_a_tracking_server_that_is_down_does_not_fail_training(
     warnings = [e for e in lines if e["event"] == "mlflow_unavailable"]
     assert len(warnings) == 1 and warnings[0]["level"] == "warning"
     assert any(e["event"] == "certified" for e in lines)
+    # off a TTY: JSON lines only, no urllib3 retry chatter on stderr
+    assert "Retrying" not in result.stderr, result.stderr[-2000:]
     assert time.monotonic() - started < 300
     # no TensorBoard when switched off; the history is always published
     run = tmp_path / "artifacts" / PREFIX

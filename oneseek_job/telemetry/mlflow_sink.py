@@ -14,6 +14,7 @@ drain at the end.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -37,6 +38,21 @@ _QUEUE_SIZE = 10_000  # reports waiting for a slow server; beyond that they are 
 _DRAIN_SECONDS = 30.0  # how long close() waits for queued calls
 
 
+class _QuietRetries(logging.Filter):
+    """Drops urllib3's retry warnings for requests to the tracking server (only those)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        super().__init__()
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(tracking_uri)
+        self._host = f"host='{parts.hostname}', port={parts.port}" if parts.hostname else ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (self._host and "Retrying" in message and self._host in message)
+
+
 def experiment_name(run_id: str) -> str:
     """The MLflow experiment of one job run."""
     return f"oneseek-7b-zero/{run_id}"
@@ -55,6 +71,9 @@ class MlflowSink:
         self._experiment_id = ""
         self._failed = False
         self._dropped = False
+        # urllib3 warns about each retry as a plain stderr line; mlflow_unavailable says it
+        # once, in the job's own log format.
+        logging.getLogger("urllib3.connectionpool").addFilter(_QuietRetries(tracking_uri))
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(_QUEUE_SIZE)
         self._thread = threading.Thread(target=self._work, name="mlflow-sink", daemon=True)
         self._thread.start()
