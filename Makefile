@@ -23,6 +23,8 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/oneseek-job demo --run
 	$(VENV)/bin/oneseek-job verify demo/artifacts --current --public-key demo/keys/oneseek-signing.pub
+	# The run's signed report is inside it; this renders it again with a fresh verification.
+	$(VENV)/bin/oneseek-job report demo/artifacts --current --public-key demo/keys/oneseek-signing.pub --out demo/report.html
 
 lint: venv
 	$(VENV)/bin/ruff format --check .

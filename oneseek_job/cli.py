@@ -496,7 +496,13 @@ def demo(
 
         generate_keypair(key_dir, name="oneseek-signing")
     os.environ.setdefault("ONESEEK_SIGNING_KEY_FILE", str(key_dir / "oneseek-signing.key"))
-    _run_training(_settings())
+    settings = _settings()
+    _run_training(settings)
+    from oneseek_job.layout import REPORT_NAME, TENSORBOARD_DIR, run_prefix
+
+    run_dir = f"{settings.artifacts_uri.rstrip('/')}/{run_prefix(settings.run_id)}"
+    typer.echo(f"run report:  {run_dir}{REPORT_NAME}")
+    typer.echo(f"tensorboard: tensorboard --logdir {run_dir}{TENSORBOARD_DIR}")
 
 
 @app.command()

@@ -19,10 +19,13 @@ __all__ = [
     "LIVE_DIR",
     "LIVE_METRICS_NAME",
     "MANIFEST_NAME",
+    "METRICS_DIR",
     "MODEL_NAME",
+    "REPORT_NAME",
     "RESULTS_NAME",
     "RUN_FILES",
     "SIGNATURE_NAME",
+    "TENSORBOARD_DIR",
     "adapter_dir_name",
     "current_pointer",
     "done_marker_key",
@@ -51,6 +54,10 @@ RESULTS_NAME = "training_results.json"
 LEDGER_NAME = "ledger_proof.json"
 LIVE_METRICS_NAME = "live_metrics.json"
 INTOTO_NAME = "provenance.intoto.json"
+# Telemetry published with each model, and the run's HTML report (all certified files).
+TENSORBOARD_DIR = "tensorboard"  # tensorboard/<key>/events.out.tfevents.*
+METRICS_DIR = "metrics"  # metrics/<key>.jsonl: every progress report of the model
+REPORT_NAME = "report.html"  # self-contained page rendered by the certifier
 # The run-level files the certifier writes, relative to the run prefix (weights JSON aside,
 # whose name depends on the version).
 RUN_FILES = (DNA_NAME, RESULTS_NAME, LEDGER_NAME, LIVE_METRICS_NAME, INTOTO_NAME)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from oneseek_job.telemetry import METRICS_DIR
+from oneseek_job.layout import METRICS_DIR, REPORT_NAME
 from oneseek_job.telemetry.sinks import read_history
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ __all__ = [
     "render_html",
     "run_view",
 ]
-
-REPORT_NAME = "report.html"  # under the run prefix; listed in MANIFEST like every run file
 
 
 @dataclass(frozen=True)

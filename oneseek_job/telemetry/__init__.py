@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from oneseek_job.layout import METRICS_DIR, TENSORBOARD_DIR
 from oneseek_job.logs import get_logger
 from oneseek_job.telemetry.sinks import (
     PHASES,
@@ -34,10 +35,6 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
-
-# Directories under the run prefix (and under the local telemetry root).
-TENSORBOARD_DIR = "tensorboard"  # tensorboard/<key>/events.out.tfevents.*
-METRICS_DIR = "metrics"  # metrics/<key>.jsonl: every progress report, for the run report
 
 
 def open_telemetry(
