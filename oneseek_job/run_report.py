@@ -51,6 +51,7 @@ class ResolutionRow:
     requested: str
     key: str
     rule: str
+    exact: bool = True  # the rule named the model itself (not separator-free or partial)
     recorded: bool = True  # False: the run predates recording rules ("exact" assumed)
 
 
@@ -133,32 +134,28 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _resolution(results: dict[str, Any], models: list[ModelView]) -> list[ResolutionRow]:
-    # Newer runs record every requested name with its rule; older ones only the keys.
-    recorded = results.get("resolution")
-    if isinstance(recorded, list) and recorded:
-        return [
-            ResolutionRow(
-                requested=str(row.get("requested", "")),
-                key=str(row.get("key", "")),
-                rule=str(row.get("rule", "exact")),
-            )
-            for row in recorded
-            if isinstance(row, dict)
-        ]
-    loose = {
-        (str(r.get("requested")), str(r.get("key"))): str(r.get("rule"))
-        for r in results.get("non_exact", []) or []
-        if isinstance(r, dict)
-    }
-    rows = [ResolutionRow(name, key, rule) for (name, key), rule in loose.items()]
-    named = {row.key for row in rows}
-    rows += [
-        ResolutionRow(m.display_name, m.key, "exact", recorded=False)
-        for m in models
-        if m.key not in named
+# Rules that name the model itself (discovery.EXACT_RULES); the others are loose matches.
+_EXACT_RULES = {"exact", "exact key", "display name", "directory name", "alias"}
+
+
+def _resolution(key: str, entry: dict[str, Any]) -> list[ResolutionRow]:
+    """How the admin's names led to this model: recorded per model by newer runs
+    (``trained_models[key].resolution``); older runs only know the model ("exact" assumed)."""
+    recorded = entry.get("resolution")
+    rows = [
+        ResolutionRow(
+            requested=str(row.get("requested", "")),
+            key=key,
+            rule=str(row.get("rule", "")),
+            exact=bool(row.get("exact", str(row.get("rule", "")) in _EXACT_RULES)),
+        )
+        for row in (recorded if isinstance(recorded, list) else [])
+        if isinstance(row, dict)
     ]
-    return rows
+    if rows:
+        return rows
+    name = str(entry.get("display_name", key))
+    return [ResolutionRow(name, key, "exact", exact=True, recorded=False)]
 
 
 def _hyperparameters(documents: Mapping[str, bytes]) -> dict[str, Any]:
@@ -196,9 +193,11 @@ def run_view(
     manifest = _json(documents, "MANIFEST.json")
     trained = results.get("trained_models") or {}
     models: list[ModelView] = []
+    resolution: list[ResolutionRow] = []
     for key, entry in trained.items() if isinstance(trained, dict) else []:
         if not isinstance(entry, dict):
             continue
+        resolution += _resolution(str(key), entry)
         reports, final = read_history(histories.get(key, ""))
         final = final or {}
         models.append(
@@ -233,7 +232,7 @@ def run_view(
         dataset_sha256=str(results.get("dataset_sha256") or dna_doc.get("dataset_sha256") or ""),
         samples=_int(results.get("samples")),
         models=models,
-        resolution=_resolution(results, models),
+        resolution=resolution,
         hyperparameters=_hyperparameters(documents),
         signed=signed,
         signer=signer,
@@ -543,7 +542,7 @@ def _resolution_table(view: RunView) -> str:
             if row.recorded
             else f'{_e(row.rule)} <span class="muted">(assumed: not recorded)</span>'
         )
-        css = "ok" if row.rule in {"exact", "exact key", "display name"} else "warn"
+        css = "ok" if row.exact else "warn"
         rows.append(
             [
                 f"<td><code>{_e(row.requested)}</code></td>",

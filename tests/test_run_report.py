@@ -114,28 +114,23 @@ def test_report_shows_curves_verdicts_resolution_and_numbers() -> None:
 
 
 def test_recorded_resolution_rules_are_shown() -> None:
-    rows = [
-        {"requested": "mistral", "key": "mistral-7b-instruct", "rule": "token run"},
-        {"requested": "KB-Llama-3.1-8B-Swedish", "key": KB, "rule": "exact key"},
+    docs = documents()
+    results = json.loads(docs["training_results.json"])
+    results["trained_models"][KB]["resolution"] = [
+        {"requested": "KB-Llama-3.1-8B-Swedish", "rule": "display name", "exact": True},
+        {"requested": "kb-llama", "rule": "token run", "exact": False},
     ]
-    page = render_html(
-        run_view(documents(resolution=rows), {}, run_id="r", signed=False, signer=None)
-    )
-    parsed = parse(page)
-    cells = " | ".join(s.strip() for s in parsed.text if s.strip())
-    assert "mistral | mistral-7b-instruct | token run" in cells
-    assert "assumed" not in cells
-    assert "unsigned" in cells
-
-
-def test_non_exact_matches_from_results_are_shown_with_their_rule() -> None:
-    loose = [{"requested": "kb-llama", "key": KB, "rule": "token run"}]
-    page = render_html(
-        run_view(documents(non_exact=loose), {}, run_id="r", signed=False, signer=None)
-    )
+    docs["training_results.json"] = json.dumps(results).encode()
+    page = render_html(run_view(docs, {}, run_id="r", signed=False, signer=None))
     cells = " | ".join(s.strip() for s in parse(page).text if s.strip())
+    assert f"KB-Llama-3.1-8B-Swedish | {KB} | display name" in cells
     assert f"kb-llama | {KB} | token run" in cells
-    assert f"KB-Llama-3.1-8B-Swedish <b> | {QWEN} | exact" in cells
+    # the loose match is flagged, the exact one is not
+    assert page.count('class="badge warn">token run') == 1
+    assert 'class="badge ok">display name' in page
+    # qwen's entry predates recording: its display name, "exact", marked as assumed
+    assert f"{QWEN} | exact | (assumed: not recorded)" in cells
+    assert "unsigned" in cells
 
 
 def test_page_fetches_nothing_and_escapes_every_value() -> None:

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 
 from oneseek_job.demo import DemoWorkspace, build_demo
+from oneseek_job.storage import upload_tree
 from tests.browser import Browser, find_chromium
-from tests.servers import free_port
+from tests.fixtures_s3 import make_s3_store
+from tests.servers import SeaweedServer, free_port
 from tests.servers_mlflow import MlflowServer
 from tests.test_run_report_browser import check_report_page
 
@@ -328,3 +330,44 @@ def test_a_tracking_server_that_is_down_does_not_fail_training(
     # no TensorBoard when switched off; the history is always published
     run = tmp_path / "artifacts" / PREFIX
     assert not (run / "tensorboard").exists() and (run / "metrics" / f"{KB}.jsonl").is_file()
+
+
+def test_report_command_reads_a_run_from_s3(
+    telemetry_run: TelemetryRun, seaweed: SeaweedServer, fresh_bucket: str, tmp_path: Path
+) -> None:
+    # The certified run, copied byte for byte into a SeaweedFS bucket (CURRENT included).
+    store = make_s3_store(seaweed, fresh_bucket, "copied/artifacts")
+    try:
+        upload_tree(store, telemetry_run.artifacts, "")
+    finally:
+        store.close()
+    out = tmp_path / "s3.html"
+    env = {
+        **telemetry_run.env,
+        "S3_ENDPOINT_URL": seaweed.endpoint_url,
+        "AWS_ACCESS_KEY_ID": seaweed.admin.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed.admin.secret_key,
+        "AWS_REGION": seaweed.region,
+    }
+    result = subprocess.run(
+        [
+            *CLI,
+            "report",
+            f"s3://{fresh_bucket}/copied/artifacts",
+            "--current",
+            "--out",
+            str(out),
+            "--public-key",
+            str(telemetry_run.key_pub),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "verification passed" in result.stdout
+    page = out.read_text()
+    assert all(f'data-model="{key}"' in page for key in MODELS)
+    assert page.count("<polyline") == len(MODELS)  # histories read from the bucket
