@@ -213,17 +213,22 @@ def _run_training(settings: JobSettings) -> None:
     """train_job with Kubernetes Events/annotations when in a Job (a no-op reporter outside)."""
     from oneseek_job.job import train_job
     from oneseek_job.kube import JobReporter, KubeContext
-    from oneseek_job.telemetry import open_telemetry
+    from oneseek_job.telemetry import FanOut, open_telemetry
 
     context = KubeContext.from_environment(os.environ)
     settings = _with_running_image_digest(settings, context)
     reporter = JobReporter(context)
-    telemetry = open_telemetry(
-        settings.telemetry_dir,
-        run_id=settings.run_id,
-        tensorboard=settings.tensorboard,
-        metrics_port=settings.metrics_port,
-        mlflow_tracking_uri=settings.mlflow_tracking_uri,
+    # Under torchrun only global rank 0 reports: one MLflow run, one event file, one port.
+    telemetry = (
+        open_telemetry(
+            settings.telemetry_dir,
+            run_id=settings.run_id,
+            tensorboard=settings.tensorboard,
+            metrics_port=settings.metrics_port,
+            mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        )
+        if os.environ.get("RANK", "0") == "0"
+        else FanOut([])
     )
     try:
         train_job(settings, reporter, telemetry)

@@ -477,6 +477,7 @@ svg .label{fill:#6b7280}
 .legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}
 dt{color:var(--muted)}dd{margin:0}
+dl.hparams{grid-template-columns:repeat(3,max-content minmax(80px,1fr))}
 """
 
 
@@ -588,10 +589,14 @@ def _hyperparameter_table(view: RunView) -> str:
     from oneseek_job.telemetry.sinks import flatten_params
 
     flat = flatten_params(view.hyperparameters)
-    rows = [
-        [f"<td><code>{_e(k)}</code></td>", f"<td>{_e(v)}</td>"] for k, v in sorted(flat.items())
-    ]
-    return "<h2>Hyper-parameters</h2>" + _table(["setting", "value"], rows, css="hparams")
+    # Three setting/value pairs per row: two dozen settings fit on a few lines.
+    items = "".join(
+        f"<dt><code>{_e(k)}</code></dt><dd>{_e(v if v != '' else '(default)')}</dd>"
+        for k, v in sorted(flat.items())
+    )
+    return (
+        f'<h2>Hyper-parameters</h2><section class="card"><dl class="hparams">{items}</dl></section>'
+    )
 
 
 def _hardware(hardware: Mapping[str, Any]) -> str:
