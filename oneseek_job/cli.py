@@ -163,8 +163,16 @@ def train(
     \b
       oneseek-job train --base-models KB-Llama-3.1-8B-Swedish --models-dir /models
       JOB_COMPLETION_INDEX=1 RUN_ID=run-abc oneseek-job train   # one model of an Indexed Job
+
+    In a multi-node group (PET_NNODES / PET_NPROC_PER_NODE > 1, as JobSet pods and Kubeflow
+    TrainJobs get them) it starts this node's workers itself and exits with their code.
     """
     _setup_logging()
+    from oneseek_job.launch import maybe_launch
+
+    group_code = maybe_launch(sys.argv[1:])
+    if group_code is not None:
+        raise typer.Exit(group_code)
     overrides: dict[str, Any] = {
         "base_models": base_models,
         "models_dir": models_dir,
