@@ -147,7 +147,7 @@ def test_train_waits_for_the_lease_then_certifies_and_removes_checkpoints(
             env=clean_env(tmp_path / "home", ws.env),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         assert proc.stdout is not None
@@ -156,7 +156,7 @@ def test_train_waits_for_the_lease_then_certifies_and_removes_checkpoints(
         # It reaches the lease and waits: no checkpoint is written next to the old writer.
         deadline = time.monotonic() + 150
         while not any('"lease_busy"' in line for line in lines):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, "".join(lines[-30:])
             assert time.monotonic() < deadline, "train never reached the lease"
             time.sleep(0.1)
         time.sleep(3)
@@ -165,9 +165,9 @@ def test_train_waits_for_the_lease_then_certifies_and_removes_checkpoints(
             LEASE_FILE
         ]
         assert json.loads(held.path.read_text())["holder"] == "old-pod"
-    _, err = proc.communicate(timeout=200)
+    proc.wait(timeout=200)
     reader.join(10)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, "".join(lines[-30:])
     events = [json.loads(line) for line in lines if line.startswith("{")]
     names = [e.get("event") for e in events]
     assert "lease_acquired" in names and "certified" in names
