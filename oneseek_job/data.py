@@ -172,7 +172,7 @@ def _parse(obj: Any, line: int, source: str) -> Record:
             if not isinstance(message, dict):
                 raise ValueError("every message must be an object with role and content")
             role, content = message.get("role"), message.get("content")
-            if role not in _ROLES or not isinstance(content, str):
+            if not isinstance(role, str) or role not in _ROLES or not isinstance(content, str):
                 raise ValueError("every message needs role system/user/assistant and content")
             pairs.append((str(role), _utf8(content, "content")))
         if pairs[-1][0] != "assistant" or not pairs[-1][1].strip():

@@ -551,7 +551,16 @@ def check_tokenizers(ctx: Preflight) -> None:
                 f"{path / 'config.json'} is not a valid model config "
                 f"({type(error).__name__}: {detail}); fix it or remove the model from BASE_MODELS"
             ) from None
-        tokenizer = load_tokenizer(path)
+        try:
+            tokenizer = load_tokenizer(path)
+        except JobError:
+            raise
+        except Exception as error:  # a malformed tokenizer.json: KeyError, TypeError, …
+            detail = " ".join(str(error).split())[:160]
+            raise InputError(
+                f"no usable tokenizer in {path} ({type(error).__name__}: {detail}); the model "
+                "directory needs a valid tokenizer.json or tokenizer.model"
+            ) from None
         if shapes and getattr(tokenizer, "chat_template", None):
             problem = _render_bounded(tokenizer, list(shapes.values()))
             if problem:

@@ -1197,3 +1197,22 @@ MORE_CASES += [
         ("public key", "not a PEM public key"),
     ),
 ]
+
+
+MORE_CASES += [
+    # Found by tests/test_properties.py (Hypothesis): kept here as named regressions.
+    Case(
+        "dataset-role-unhashable",
+        "a message role that is a list",
+        _lines("role.jsonl", '{"messages": [{"role": [], "content": "x"}]}'),
+        2,
+        ("role.jsonl:6", "role"),
+    ),
+    Case(
+        "tokenizer-json-malformed",
+        "a valid config.json and a tokenizer.json transformers cannot read (KeyError)",
+        _model("bad-tok", _write("config.json", b'{"model_type": "llama"}')),
+        2,
+        ("no usable tokenizer", "bad-tok"),
+    ),
+]
