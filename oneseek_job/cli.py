@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, cast
 
 import typer
 
@@ -28,6 +28,7 @@ from oneseek_job.errors import (
 if TYPE_CHECKING:
     from oneseek_job.config import JobSettings
     from oneseek_job.kube import KubeContext
+    from oneseek_job.telemetry import MetricsSink
     from oneseek_job.verify import VerifyReport
 
 __all__ = ["app", "main"]
@@ -79,6 +80,27 @@ def _setup_logging(*, to_stderr: bool = False) -> None:
         os.environ.get("ONESEEK_LOG_LEVEL"), os.environ.get("ONESEEK_LOG_FORMAT")
     )
     configure_logging(json=forced, level=level, stream=sys.stderr if to_stderr else sys.stdout)
+
+
+def _console_progress() -> list[MetricsSink]:
+    """On a terminal (and console logs): rich progress lines instead of per-step log lines.
+
+    Log lines then go through whatever ``sys.stdout`` is at the moment, which rich points
+    above the progress lines while they are drawn. Off a terminal: nothing (JSON lines).
+    """
+    from oneseek_job.config import check_logging_env
+    from oneseek_job.logs import configure_logging
+
+    level, forced = check_logging_env(
+        os.environ.get("ONESEEK_LOG_LEVEL"), os.environ.get("ONESEEK_LOG_FORMAT")
+    )
+    if forced is True or not sys.stdout.isatty():
+        return []
+    from oneseek_job.progress import ConsoleProgress, LiveStdout, is_progress_event
+
+    stream = cast("TextIO", LiveStdout())  # write/flush/isatty is all structlog uses
+    configure_logging(json=False, level=level, stream=stream, drop=is_progress_event)
+    return [ConsoleProgress()]
 
 
 def _settings(**overrides: Any) -> JobSettings:
@@ -234,6 +256,7 @@ def _run_training(settings: JobSettings) -> None:
             tensorboard=settings.tensorboard,
             metrics_port=settings.metrics_port,
             mlflow_tracking_uri=settings.mlflow_tracking_uri,
+            extra=_console_progress(),
         )
         if os.environ.get("RANK", "0") == "0"
         else FanOut([])

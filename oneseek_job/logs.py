@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -87,7 +87,11 @@ def _redact_rendered(_logger: Any, _method: str, rendered: Any) -> Any:
 
 
 def configure_logging(
-    *, json: bool | None = None, level: str = "INFO", stream: TextIO | None = None
+    *,
+    json: bool | None = None,
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    drop: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> None:
     """Configure structlog once for the process.
 
@@ -95,10 +99,13 @@ def configure_logging(
         json: force JSON (True) or console (False); None picks by whether the stream is a TTY.
         level: minimum level name.
         stream: where lines go; stdout by default (pod logs).
+        drop: events for which it returns True are not printed (the terminal's progress
+            lines show per-step training events instead).
     """
     out = stream or sys.stdout
     use_json = (not out.isatty()) if json is None else json
     shared: list[Any] = [
+        *([_Dropper(drop)] if drop is not None else []),
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -134,6 +141,18 @@ def configure_logging(
         level=logging.WARNING if not os.environ.get("ONESEEK_DEBUG") else logging.DEBUG,
         handlers=[handler],
     )
+
+
+class _Dropper:
+    """A processor that drops the events its predicate picks."""
+
+    def __init__(self, predicate: Callable[[Mapping[str, Any]], bool]) -> None:
+        self._predicate = predicate
+
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        if self._predicate(event):
+            raise structlog.DropEvent
+        return event
 
 
 class _RedactingFormatter(logging.Formatter):

@@ -371,3 +371,51 @@ def test_report_command_reads_a_run_from_s3(
     page = out.read_text()
     assert all(f'data-model="{key}"' in page for key in MODELS)
     assert page.count("<polyline") == len(MODELS)  # histories read from the bucket
+
+
+def _run_on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal; (exit code, screen text)."""
+    import os
+    import pty
+    import re
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*CLI, *args], env=env, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    code = proc.wait(timeout=600)
+    text = b"".join(chunks).decode("utf-8", errors="replace")
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_a_terminal_gets_progress_lines_not_json(workspace: DemoWorkspace, tmp_path: Path) -> None:
+    env = _env(
+        workspace,
+        tmp_path,
+        BASE_MODELS="KB-Llama-3.1-8B-Swedish",
+        ONESEEK_MAX_STEPS="4",
+        ONESEEK_LOG_EVERY="1",
+        COLUMNS="160",
+        TERM="xterm",
+    )
+    del env["ONESEEK_LOG_FORMAT"]  # the default: JSON off a terminal, console on one
+    code, screen = _run_on_a_terminal(env, "train")
+    assert code == 0, screen[-3000:]
+    lines = screen.splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("{")]  # no JSON lines
+    progress = [line for line in lines if line.lstrip().startswith(KB) and "/4" in line]
+    assert progress, screen[-3000:]
+    assert any("loss" in line and "tok/s" in line and "ETA" in line for line in progress)
+    assert "val " in progress[-1] and "→" in progress[-1]  # base → adapter validation loss
+    # per-step training events are drawn, not logged (milestones still are)
+    assert not [line for line in lines if "training" in line and "step=" in line]
+    assert any("certified" in line for line in lines)
