@@ -31,22 +31,22 @@ UPLOAD_GOAL_RATIO = 1.0  # storage issue: at least as fast as boto3 defaults, ch
 
 
 def upload_goals(result: dict[str, Any]) -> list[Goal]:
-    """Goal rows for the storage helper's ``bench.upload`` result (its own JSON shape)."""
+    """Goal rows for ``bench.upload``: one per S3 server it ran against (one run)."""
     goals = goals_from_result(result)
     if goals:
         return goals
-    ratio = result.get("speedup_vs_baseline")
-    if ratio is None:
-        return []
     return [
         Goal(
             "upload",
-            f"upload speed ours÷boto3 defaults ({result.get('total_mib', '?')} MiB)",
-            float(ratio),
+            f"upload speed ours÷boto3 defaults, {run.get('server', '?')} "
+            f"({result.get('total_mib', '?')} MiB)",
+            float(run["speedup_vs_baseline"]),
             UPLOAD_GOAL_RATIO,
             higher_is_better=True,
             unit="x",
         )
+        for run in result.get("servers", [])
+        if run.get("speedup_vs_baseline") is not None
     ]
 
 

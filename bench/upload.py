@@ -1,18 +1,21 @@
 """Upload benchmark: ``upload_tree`` vs plain ``boto3 upload_file`` defaults, same server and run.
 
 Generates a file set (large files + a few small ones, like a run's weights and adapters) in a
-temp dir, starts a loopback SeaweedFS (or uses ``--endpoint``), uploads it with
+temp dir, starts a loopback SeaweedFS, then moto's server (both in one run), uploads it with
 
 - baseline: ``boto3.client("s3").upload_file`` per file, default TransferConfig (8 MiB parts,
   10 threads), default checksums (CRC32), one file after the other;
 - ours: ``oneseek_job.storage.upload_tree`` on an ``S3Store`` (SHA-256 of every file computed
-  locally, SHA-256 per part verified by the server, composite checksum verified after upload),
+  locally, SHA-256 per part, the stored checksum compared by value after upload where the
+  server validates checksums (SeaweedFS), every object read back and re-hashed where it does
+  not (moto)),
 
 each to a fresh prefix, alternating order, and prints seconds, MB/s and the ratio. ``--sweep``
 also times a grid of part sizes and concurrencies (how DEFAULT_PART_SIZE / DEFAULT_CONCURRENCY
 in storage.py were picked). Results go to ``bench/results/upload.json``.
 
-    python -m bench.upload --size-mib 256 --sweep
+    python -m bench.upload                  # 1 GiB, both servers
+    python -m bench.upload --size-mib 256 --servers seaweedfs --sweep
 """
 
 from __future__ import annotations
@@ -70,126 +73,150 @@ def ours_upload(store: Any, root: Path, prefix: str) -> float:
     return time.perf_counter() - started
 
 
+def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) -> dict[str, Any]:
+    """Baseline and ours, alternating, on one server; every round's objects deleted after."""
+    import boto3
+    from botocore.config import Config
+
+    from oneseek_job import storage
+
+    bucket = "oneseek-bench"
+    key_id, secret = server.admin.access_key, server.admin.secret_key
+    # The baseline is boto3's defaults; path-style is only what the endpoint needs.
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=bucket)
+
+    def open_ours(part: int, conc: int) -> Any:
+        return storage.open_store(
+            f"s3://{bucket}/ours",
+            endpoint_url=server.endpoint_url,
+            access_key_id=key_id,
+            secret_access_key=secret,
+            part_size=part,
+            multipart_threshold=part,
+            concurrency=conc,
+        )
+
+    def clear(prefix: str) -> None:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=item["Key"])
+
+    tag = f"{time.time_ns()}"
+    base_times: list[float] = []
+    ours_times: list[float] = []
+    store = open_ours(storage.DEFAULT_PART_SIZE, storage.DEFAULT_CONCURRENCY)
+    caps = store.capabilities  # probed once, outside the timing (as once per job)
+    for round_ in range(args.repeat):
+        # Alternate the order so neither side always gets the warmer server.
+        order = ["base", "ours"] if round_ % 2 == 0 else ["ours", "base"]
+        for side in order:
+            prefix = f"{tag}/{side}-{round_}/"
+            if side == "base":
+                base_times.append(baseline_upload(client, bucket, root, prefix))
+            else:
+                ours_times.append(ours_upload(store, root, prefix))
+            last = (base_times if side == "base" else ours_times)[-1]
+            print(f"{type(server).__name__} round {round_} {side}: {last:.2f}s", flush=True)
+            clear(prefix if side == "base" else "ours/" + prefix)
+    store.close()
+    sweep: list[dict[str, Any]] = []
+    if args.sweep:
+        for part in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB):
+            for conc in (2, 4, 8):
+                candidate = open_ours(part, conc)
+                seconds = ours_upload(candidate, root, f"{tag}/sweep-{part}-{conc}/")
+                candidate.close()
+                clear(f"ours/{tag}/sweep-{part}-{conc}/")
+                sweep.append(
+                    {
+                        "part_mib": part // MiB,
+                        "concurrency": conc,
+                        "seconds": round(seconds, 3),
+                        "mb_per_s": round(mb / seconds, 1),
+                    }
+                )
+                print(f"sweep part={part // MiB}MiB conc={conc}: {mb / seconds:.1f} MB/s")
+    base_s = statistics.median(base_times)
+    ours_s = statistics.median(ours_times)
+    print(
+        f"{type(server).__name__} {mb:.0f} MiB: baseline {mb / base_s:.1f} MB/s, ours "
+        f"{mb / ours_s:.1f} MB/s, ratio (ours speed / baseline) {base_s / ours_s:.2f}x"
+    )
+    return {
+        "server": type(server).__name__.removesuffix("Server").lower() + " (loopback)",
+        "capabilities": {
+            "conditional_put": caps.conditional_put,
+            "checksum_validation": caps.checksum_validation,
+        },
+        "baseline": {
+            "what": "boto3 upload_file, default TransferConfig and checksums, sequential",
+            "seconds": [round(t, 3) for t in base_times],
+            "median_mb_per_s": round(mb / base_s, 1),
+        },
+        "ours": {
+            "what": "upload_tree: SHA-256 per part + whole-object sha256, verified by the "
+            "server's checksum where it validates them, else read back and re-hashed",
+            "part_mib": storage.DEFAULT_PART_SIZE // MiB,
+            "concurrency": storage.DEFAULT_CONCURRENCY,
+            "seconds": [round(t, 3) for t in ours_times],
+            "median_mb_per_s": round(mb / ours_s, 1),
+        },
+        "speedup_vs_baseline": round(base_s / ours_s, 3),
+        "sweep": sweep,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; print a summary and write bench/results/upload.json."""
+    """Run the benchmark on SeaweedFS and moto; print a summary and write upload.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="total size of large files")
     parser.add_argument("--files", type=int, default=4, help="number of large files")
     parser.add_argument("--repeat", type=int, default=2, help="timed rounds per variant")
     parser.add_argument("--sweep", action="store_true", help="also time part size/concurrency")
-    parser.add_argument("--endpoint", help="use this S3 endpoint instead of starting SeaweedFS")
+    parser.add_argument(
+        "--servers", default="seaweedfs,moto", help="comma-separated: seaweedfs, moto"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    import boto3
-    from botocore.config import Config
-
-    from oneseek_job import storage
     from oneseek_job.logs import configure_logging
 
     configure_logging(level="WARNING")  # per-file upload events would drown the summary
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.servers import SeaweedServer
+    from tests.servers import MotoServer, SeaweedServer
 
-    server = None if args.endpoint else SeaweedServer().start()
-    try:
-        endpoint = args.endpoint or (server.endpoint_url if server else "")
-        key_id = server.admin.access_key if server else os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = server.admin.secret_key if server else os.environ.get("AWS_SECRET_ACCESS_KEY")
-        bucket = "oneseek-bench"
-        # The baseline is boto3's defaults; path-style is only what the endpoint needs.
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=key_id,
-            aws_secret_access_key=secret,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-            client.create_bucket(Bucket=bucket)
-
-        def open_ours(part: int, conc: int) -> Any:
-            return storage.open_store(
-                f"s3://{bucket}/ours",
-                endpoint_url=endpoint,
-                access_key_id=key_id,
-                secret_access_key=secret,
-                part_size=part,
-                multipart_threshold=part,
-                concurrency=conc,
-            )
-
-        with tempfile.TemporaryDirectory(prefix="oneseek-bench-") as tmp:
-            root = Path(tmp)
-            total = make_files(root, args.size_mib, args.files)
-            mb = total / MiB
-            tag = f"{time.time_ns()}"
-            base_times: list[float] = []
-            ours_times: list[float] = []
-            store = open_ours(storage.DEFAULT_PART_SIZE, storage.DEFAULT_CONCURRENCY)
-            for round_ in range(args.repeat):
-                # Alternate the order so neither side always gets the warmer server.
-                order = ["base", "ours"] if round_ % 2 == 0 else ["ours", "base"]
-                for side in order:
-                    prefix = f"{tag}/{side}-{round_}/"
-                    if side == "base":
-                        base_times.append(baseline_upload(client, bucket, root, prefix))
-                    else:
-                        ours_times.append(ours_upload(store, root, prefix))
-                    last = (base_times if side == "base" else ours_times)[-1]
-                    print(f"round {round_} {side}: {last:.2f}s")
-            store.close()  # type: ignore[attr-defined]
-            sweep: list[dict[str, Any]] = []
-            if args.sweep:
-                for part in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB):
-                    for conc in (2, 4, 8):
-                        candidate = open_ours(part, conc)
-                        seconds = ours_upload(candidate, root, f"{tag}/sweep-{part}-{conc}/")
-                        candidate.close()  # type: ignore[attr-defined]
-                        sweep.append(
-                            {
-                                "part_mib": part // MiB,
-                                "concurrency": conc,
-                                "seconds": round(seconds, 3),
-                                "mb_per_s": round(mb / seconds, 1),
-                            }
-                        )
-                        print(f"sweep part={part // MiB}MiB conc={conc}: {mb / seconds:.1f} MB/s")
-        base_s = statistics.median(base_times)
-        ours_s = statistics.median(ours_times)
-        result = {
-            "benchmark": "upload",
-            "total_mib": round(mb, 1),
-            "large_files": args.files,
-            "server": "seaweedfs (loopback)" if server else endpoint,
-            "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
-            "baseline": {
-                "what": "boto3 upload_file, default TransferConfig and checksums, sequential",
-                "seconds": [round(t, 3) for t in base_times],
-                "median_mb_per_s": round(mb / base_s, 1),
-            },
-            "ours": {
-                "what": "upload_tree: SHA-256 per part + whole-object sha256, verified",
-                "part_mib": storage.DEFAULT_PART_SIZE // MiB,
-                "concurrency": storage.DEFAULT_CONCURRENCY,
-                "seconds": [round(t, 3) for t in ours_times],
-                "median_mb_per_s": round(mb / ours_s, 1),
-            },
-            "speedup_vs_baseline": round(base_s / ours_s, 3),
-            "sweep": sweep,
-        }
-        print(
-            f"{mb:.0f} MiB: baseline {mb / base_s:.1f} MB/s, ours {mb / ours_s:.1f} MB/s, "
-            f"ratio (ours speed / baseline) {base_s / ours_s:.2f}x"
-        )
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        return result
-    finally:
-        if server is not None:
-            server.stop()
+    kinds = {"seaweedfs": SeaweedServer, "moto": MotoServer}
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="oneseek-bench-") as tmp:
+        root = Path(tmp)
+        total = make_files(root, args.size_mib, args.files)
+        mb = total / MiB
+        for name in args.servers.split(","):
+            server = kinds[name.strip()]().start()
+            try:
+                runs.append(_bench_server(server, args, root, mb))
+            finally:
+                server.stop()
+    result = {
+        "benchmark": "upload",
+        "total_mib": round(mb, 1),
+        "large_files": args.files,
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
+        "servers": runs,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

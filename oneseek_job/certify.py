@@ -1,590 +1,73 @@
 """The commit protocol: done markers → run documents → signatures → conditional commit →
-promotion → CURRENT.
+materialization → promotion → CURRENT → staging removed.
 
-Every run-level JSON file is a pure function of the done markers and :class:`RunInfo` — no
-clock, no host lookups — because two indices of an Indexed Job may certify at once and
-must write identical bytes. MANIFEST.json is written last with a conditional put: it is the
-commit point. Promotion server-side copies the adapters and weights to the latest paths
-and writes CURRENT last.
+The run-level JSON files are a pure function of the done markers and :class:`RunInfo` (no
+clock, no host lookups). Racing certifiers (two indices of an Indexed Job, a retry racing
+the pod it replaced) each stage their files in the run's content-addressed staging area;
+the conditional put of MANIFEST.json decides which one commits, and everything after it
+is idempotent. See "the commit protocol" below and docs/operations.md for the guarantees.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from oneseek_job import __version__, layout, provenance
-from oneseek_job.digests import sha256_bytes
-from oneseek_job.discovery import normalize_model_name
-from oneseek_job.documents import (
-    INTOTO_PREDICATE_TYPE,
-    INTOTO_STATEMENT_TYPE,
-    MANIFEST_FORMAT,
-    DnaDocument,
-    FileDigest,
-    LedgerProof,
-    Manifest,
-    ManifestFile,
-    ModelMetrics,
-    ModelResult,
-    TrainedModel,
-    TrainingResults,
-    WeightsMetadata,
-    live_metrics,
-)
-from oneseek_job.errors import InputError, VerificationError
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from oneseek_job import faultpoints, layout, oms, provenance
+from oneseek_job.digests import sha256_bytes, sha256_file
+from oneseek_job.documents import MANIFEST_FORMAT, FileDigest, Manifest, ModelResult, RunInputs
+from oneseek_job.errors import InputError, IntegrityError, RunConflictError, StorageError
 from oneseek_job.logs import get_logger
-from oneseek_job.storage import AlreadyExists, ObjectInfo, Store
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from oneseek_job.provenance import SigningKey
+from oneseek_job.rundocs import RunInfo, build_manifest, build_run_files, instant, run_status
+from oneseek_job.storage import AlreadyExists, Store, upload_files
 
 __all__ = [
-    "BUILDER_ID",
-    "BUILD_TYPE",
     "Certified",
-    "RunInfo",
-    "build_intoto_statement",
-    "build_manifest",
-    "build_run_files",
     "certify_run",
-    "commit_run",
-    "final_weights_for",
+    "check_model_inputs",
+    "claim_run",
+    "commit_manifest",
+    "finish_run",
+    "input_differences",
     "is_committed",
+    "mark_done",
     "missing_models",
     "promote_run",
     "read_current",
+    "read_manifest",
     "read_results",
-    "run_status",
+    "stage_files",
 ]
 
 log = get_logger(__name__)
-
-BUILD_TYPE = "urn:oneseek:oneseek-job:lora-training:v1"
-BUILDER_ID = "urn:oneseek:oneseek-job:builder"
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Run-wide settings the certifier adds to the markers; equal for every racing certifier."""
-
-    run_id: str
-    version: str
-    language: str
-    dataset_name_tokens: list[str]
-    dataset_sha256: str
-    total_epochs: int
-    allow_regression: bool
-    image_digest: str | None
-    hyperparameters: dict[str, Any]
+# Derives more run files (the HTML report) from the run files and the staged model files.
+ExtraFiles = Callable[[Mapping[str, bytes], Mapping[str, str]], Mapping[str, bytes]]
 
 
-def _names(values: list[str]) -> list[str]:
-    """Normalized keys of comma-split names, in order, without blanks or repeats."""
-    keys = [normalize_model_name(v) for v in values]
-    return list(dict.fromkeys(k for k in keys if k))
+# --------------------------------------------------------------------------------------------
+# the commit protocol
+#
+# Nothing under a run's prefix is written before its MANIFEST.json exists, and nothing there
+# is ever replaced afterwards. Until the commit, every byte of the run waits in its staging
+# area (outside the prefix), content-addressed (blobs/<sha256>), so two attempts never
+# write the same key with different bytes. MANIFEST.json is the only conditional write
+# under the prefix: whoever creates it commits, naming by digest exactly the files that
+# make the run. After it, "finishing" the run (by anyone, any number of times) creates the
+# named files from their blobs (create-only, digest-checked), promotes, sets CURRENT and
+# deletes the staging area.
 
 
-def final_weights_for(
-    trained: list[str], env_base_models: list[str], cli_base_models: list[str]
-) -> dict[str, float]:
-    """The seed's final-weights priority: trained models → BASE_MODELS → --base-models →
-    DEFAULT_MODEL_KEY, each weighted 1/n.
-
-    Args:
-        trained: keys of the models the run actually trained.
-        env_base_models: the BASE_MODELS names (normalized to keys here).
-        cli_base_models: the --base-models names (normalized to keys here).
-    """
-    for names in (list(dict.fromkeys(k for k in trained if k)), _names(env_base_models)):
-        if names:
-            return {k: 1.0 / len(names) for k in names}
-    cli = _names(cli_base_models)
-    names = cli or [layout.DEFAULT_MODEL_KEY]
-    return {k: 1.0 / len(names) for k in names}
-
-
-def run_status(results: list[ModelResult]) -> tuple[str, list[str]]:
-    """(``certified`` | ``partially-certified`` | ``not-certified``, keys not certified)."""
-    rejected = sorted(r.key for r in results if not r.certified)
-    if not rejected:
-        return "certified", []
-    if len(rejected) == len(results):
-        return "not-certified", rejected
-    return "partially-certified", rejected
-
-
-def _metrics(r: ModelResult) -> ModelMetrics:
-    return ModelMetrics(
-        base_val_loss=r.base_val_loss,
-        final_val_loss=r.final_val_loss,
-        final_train_loss=r.final_train_loss,
-        val_loss_delta=r.final_val_loss - r.base_val_loss,
-        improved=r.improved,
-        certified=r.certified,
-    )
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _instant(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError as error:
-        raise InputError(f"done marker timestamp {text!r} is not ISO-8601") from error
-
-
-def build_run_files(
-    results: list[ModelResult],
-    info: RunInfo,
-    *,
-    signing_key: Ed25519PrivateKey | None,
-    extra_files: Mapping[str, bytes] | None = None,
-) -> dict[str, bytes]:
-    """Every run-level JSON file of a run, as bytes, keyed by path relative to the run prefix.
-
-    A pure function of the markers and ``info``: timestamps come from the markers
-    (certified = latest ``finished_at``), models are ordered by key, and ed25519 is
-    deterministic, so racing certifiers write identical bytes.
-
-    Args:
-        results: one done marker per model of the run (any order).
-        info: run-wide settings.
-        signing_key: signs the ledger (the MANIFEST is signed separately); None: unsigned.
-        extra_files: more run-level files (the HTML report), returned with the others and
-            listed as in-toto subjects.
-
-    Raises:
-        InputError: no results, duplicate keys, or a model without its .pth in ``files``.
-    """
-    if not results:
-        raise InputError(f"run {info.run_id} has no finished models to certify")
-    models = sorted(results, key=lambda r: r.key)
-    keys = [r.key for r in models]
-    if len(set(keys)) != len(keys):
-        raise InputError(f"run {info.run_id} has duplicate done markers for {keys}")
-    pth_names = {r.key: layout.weights_file_name(info.version, r.key) for r in models}
-    pth: dict[str, FileDigest] = {}
-    for r in models:
-        digest = r.files.get(f"weights/{pth_names[r.key]}")
-        if digest is None:
-            raise InputError(
-                f"model {r.key}: done marker lists no weights/{pth_names[r.key]}; retrain it"
-            )
-        pth[r.key] = digest
-    status, rejected = run_status(models)
-    final_weights = final_weights_for(keys, [], [])
-    started = min((r.started_at for r in models), key=_instant)
-    certified_at = max((r.finished_at for r in models), key=_instant)
-    duration = max((_instant(certified_at) - _instant(started)).total_seconds(), 0.0)
-    dataset_files = sorted({f for r in models for f in r.dataset_files})
-    weights_sha = provenance.weights_digest({k: d.sha256 for k, d in pth.items()})
-    dna = provenance.dna_string(
-        info.version, info.language, len(dataset_files) or 1, info.dataset_sha256, weights_sha
-    )
-    immutable = provenance.immutable_hash(
-        dna=dna,
-        version=info.version,
-        base_models=keys,
-        final_weights=final_weights,
-        dataset_sha256=info.dataset_sha256,
-        weights_sha256=weights_sha,
-    )
-    per_model = {r.key: _metrics(r) for r in models}
-    metrics: dict[str, Any] = {
-        "mean_final_val_loss": _mean([r.final_val_loss for r in models]),
-        "mean_base_val_loss": _mean([r.base_val_loss for r in models]),
-        "models": {k: m.model_dump(mode="json") for k, m in per_model.items()},
-    }
-    files: dict[str, bytes] = {}
-
-    weights_name = f"weights/{layout.weights_metadata_name(info.version)}"
-    files[weights_name] = WeightsMetadata(
-        version=f"{layout.MODEL_NAME}.v{info.version}",
-        created_at=certified_at,
-        training_type="dna-v2" if len(models) > 1 else "single-model",
-        multi_model_mode=len(models) > 1,
-        base_models=[r.display_name for r in models],
-        adapters=[f"lora_adapters/{layout.adapter_dir_name(k)}" for k in keys],
-        samples_processed=sum(r.samples * r.epochs for r in models),
-        is_current=True,  # written to be promoted; the run dir copy is a snapshot
-        metrics=metrics,
-        config={
-            "language": info.language,
-            "allow_regression": info.allow_regression,
-            "hyperparameters": info.hyperparameters,
-        },
-        model_specific_weights=pth_names,
-        status=status,
-        not_certified=rejected,
-        run_id=info.run_id,
-        dna=dna,
-    ).to_bytes()
-
-    files["oneseek_dna.json"] = DnaDocument(
-        dna=dna,
-        model_name=layout.MODEL_NAME,
-        version=info.version,
-        timestamp=certified_at,
-        final_weights=final_weights,
-        base_models=keys,
-        categories=list(info.dataset_name_tokens),
-        immutable_hash=immutable,
-        language=info.language,
-        datasets=len(dataset_files) or 1,
-        dataset_files=dataset_files,
-        dataset_sha256=info.dataset_sha256,
-        weights_sha256=weights_sha,
-        weights=pth,
-        status=status,
-        not_certified=rejected,
-        run_id=info.run_id,
-    ).to_bytes()
-
-    files["training_results.json"] = TrainingResults(
-        dna=dna,
-        version=info.version,
-        base_models=keys,
-        dataset=", ".join(dataset_files) or "-".join(info.dataset_name_tokens),
-        dataset_files=dataset_files,
-        dataset_sha256=info.dataset_sha256,
-        samples=max(r.samples for r in models),
-        epochs=info.total_epochs,
-        final_loss=_mean([r.final_train_loss for r in models]),
-        metrics=metrics,
-        trained_models={
-            r.key: TrainedModel(
-                **per_model[r.key].model_dump(),
-                display_name=r.display_name,
-                architecture=r.architecture,
-                adapter=f"lora_adapters/{layout.adapter_dir_name(r.key)}",
-                weights=f"weights/{pth_names[r.key]}",
-                steps=r.steps,
-                epochs=r.epochs,
-                samples=r.samples,
-                train_tokens=r.train_tokens,
-                duration_seconds=r.duration_seconds,
-                started_at=r.started_at,
-                finished_at=r.finished_at,
-                resolution=list(r.resolution),
-            )
-            for r in models
-        },
-        status=status,
-        not_certified=rejected,
-        timestamp=certified_at,
-        duration_seconds=duration,
-        run_id=info.run_id,
-    ).to_bytes()
-
-    files["live_metrics.json"] = live_metrics(
-        epoch=info.total_epochs,
-        total_epochs=info.total_epochs,
-        step=sum(r.steps for r in models),
-        total_steps=sum(r.steps for r in models),
-        val_losses={r.key: r.final_val_loss for r in models},
-        weights=final_weights,
-        total_loss=_mean([r.final_train_loss for r in models]),
-        timestamp=certified_at,
-        kind="final",
-    )
-
-    model_files = {path: d for r in models for path, d in sorted(r.files.items())}
-    run_file_digests = {name: sha256_bytes(data) for name, data in files.items()}
-    entries = provenance.chain_entries(
-        [
-            (
-                "run_started",
-                started,
-                {
-                    "run_id": info.run_id,
-                    "model_name": layout.MODEL_NAME,
-                    "version": info.version,
-                    "language": info.language,
-                    "models": keys,
-                    "allow_regression": info.allow_regression,
-                },
-            ),
-            (
-                "inputs_hashed",
-                started,
-                {
-                    "base_models": {
-                        r.key: {
-                            "display_name": r.display_name,
-                            "path": r.model_path,
-                            "architecture": r.architecture,
-                            "digests": dict(sorted(r.base_model_digests.items())),
-                            "resolution": [n.model_dump() for n in r.resolution],
-                        }
-                        for r in models
-                    },
-                    "dataset": {"files": dataset_files, "sha256": info.dataset_sha256},
-                    "hyperparameters": info.hyperparameters,
-                    "image_digest": info.image_digest,
-                },
-            ),
-            *(
-                (
-                    "model_trained",
-                    r.finished_at,
-                    {
-                        "model": r.key,
-                        "metrics": per_model[r.key].model_dump(mode="json"),
-                        "steps": r.steps,
-                        "epochs": r.epochs,
-                        "train_tokens": r.train_tokens,
-                        "host": r.host,
-                    },
-                )
-                for r in sorted(models, key=lambda r: (_instant(r.finished_at), r.key))
-            ),
-            (
-                "artifacts_uploaded",
-                certified_at,
-                {"files": {p: d.model_dump(mode="json") for p, d in model_files.items()}},
-            ),
-            (
-                "certified",
-                certified_at,
-                {
-                    "dna": dna,
-                    "status": status,
-                    "not_certified": rejected,
-                    "final_weights": final_weights,
-                    "immutable_hash": immutable,
-                    "run_files": run_file_digests,
-                    "signer_fingerprint": (
-                        provenance.public_key_fingerprint(signing_key) if signing_key else None
-                    ),
-                },
-            ),
-        ]
-    )
-    ledger = LedgerProof(
-        event=f"training_{status.replace('-', '_')}",
-        model=layout.MODEL_NAME,
-        dna=dna,
-        version=info.version,
-        base_models=keys,
-        dataset_hashes={"sha256": info.dataset_sha256},
-        final_weights=final_weights,
-        immutable_hash=immutable,
-        timestamp=certified_at,
-        status=status,
-        not_certified=rejected,
-        run_id=info.run_id,
-        head_hash=provenance.entry_hash(entries[-1]),
-        entries=entries,
-        signer_public_key=provenance.public_key_b64(signing_key) if signing_key else None,
-        signature=None,
-    )
-    if signing_key is not None:
-        # Signed over the canonical JSON of the document without its "signature" field.
-        unsigned = ledger.model_dump(mode="json", by_alias=True, exclude={"signature"})
-        signature = provenance.sign_detached(provenance.canonical_json(unsigned), signing_key)
-        ledger = ledger.model_copy(update={"signature": signature})
-    files["ledger_proof.json"] = ledger.to_bytes()
-
-    files.update(extra_files or {})
-    subjects = {path: d.sha256 for path, d in model_files.items()}
-    subjects.update({name: sha256_bytes(data) for name, data in files.items()})
-    statement = build_intoto_statement(subjects, models, info)
-    files["provenance.intoto.json"] = (
-        json.dumps(statement, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    ).encode()
-    return files
-
-
-def build_manifest(
-    run_id: str, objects: Iterable[ObjectInfo], *, signing_key: Ed25519PrivateKey | None
-) -> bytes:
-    """MANIFEST.json bytes (canonical JSON) for the certified files among ``objects``.
-
-    Args:
-        run_id: the run.
-        objects: ``store.list(run_prefix(run_id))``; keys outside the prefix are refused,
-            uncertified paths (:func:`is_certified_path`) skipped.
-        signing_key: the key that will sign it (its fingerprint is recorded), or None for
-            an unsigned run (``"signed": false``).
-
-    Raises:
-        InputError: an object outside the run prefix, or no certified file at all.
-    """
-    prefix = layout.run_prefix(run_id)
-    files: list[ManifestFile] = []
-    for info in objects:
-        if not info.key.startswith(prefix):
-            raise InputError(f"{info.key} is not under {prefix}; cannot list it in the manifest")
-        relative = info.key[len(prefix) :]
-        if layout.is_certified_path(relative):
-            files.append(ManifestFile(path=relative, size=info.size, sha256=info.sha256))
-    if not files:
-        raise InputError(f"run {run_id} has no files to certify under {prefix}")
-    files.sort(key=lambda f: f.path)
-    manifest = Manifest(
-        format=MANIFEST_FORMAT,
-        run_id=run_id,
-        signed=signing_key is not None,
-        signer_fingerprint=provenance.public_key_fingerprint(signing_key) if signing_key else None,
-        file_count=len(files),
-        total_size=sum(f.size for f in files),
-        files=files,
-    )
-    return provenance.canonical_json(manifest.model_dump(mode="json"))
-
-
-def _image_descriptor(image_digest: str) -> dict[str, Any]:
-    """``repo@sha256:…`` or ``sha256:…`` → an SLSA ResourceDescriptor."""
-    name, _, digest = image_digest.rpartition("@")
-    algorithm, _, value = (digest or image_digest).partition(":")
-    descriptor: dict[str, Any] = {"name": "container-image"}
-    if name:
-        descriptor["uri"] = f"oci://{name}"
-    if value:
-        descriptor["digest"] = {algorithm: value}
-    else:
-        descriptor["annotations"] = {"reference": image_digest}
-    return descriptor
-
-
-def build_intoto_statement(
-    subjects: Mapping[str, str],
-    results: list[ModelResult],
-    info: RunInfo,
-) -> dict[str, Any]:
-    """An in-toto Statement v1 with an SLSA Provenance v1 predicate for a run.
-
-    Args:
-        subjects: run-relative path → SHA-256 of every certified file except the statement.
-        results: the models' done markers.
-        info: the run's settings.
-    """
-    models = sorted(results, key=lambda r: r.key)
-    base_models = [
-        {
-            "key": r.key,
-            "display_name": r.display_name,
-            "architecture": r.architecture,
-            "path": r.model_path,
-            "digests": dict(sorted(r.base_model_digests.items())),
-        }
-        for r in models
-    ]
-    dependencies: list[dict[str, Any]] = [
-        {
-            "name": f"base-model:{r.key}",
-            "uri": f"file://{r.model_path}",
-            # One digest for the directory: the same (name, sha256) line scheme as weights.
-            "digest": {"sha256": provenance.weights_digest(r.base_model_digests)},
-            "annotations": {"files": dict(sorted(r.base_model_digests.items()))},
-        }
-        for r in models
-    ]
-    dependencies.append(
-        {
-            "name": "dataset",
-            "digest": {"sha256": info.dataset_sha256},
-            "annotations": {"files": sorted({f for r in models for f in r.dataset_files})},
-        }
-    )
-    if info.image_digest:
-        dependencies.append(_image_descriptor(info.image_digest))
-    builder: dict[str, Any] = {"id": BUILDER_ID, "version": {"oneseek-job": __version__}}
-    if info.image_digest:
-        builder["builderDependencies"] = [_image_descriptor(info.image_digest)]
-    return {
-        "_type": INTOTO_STATEMENT_TYPE,
-        "subject": [
-            {"name": path, "digest": {"sha256": subjects[path]}} for path in sorted(subjects)
-        ],
-        "predicateType": INTOTO_PREDICATE_TYPE,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "run_id": info.run_id,
-                    "version": info.version,
-                    "language": info.language,
-                    "base_models": base_models,
-                    "dataset": {
-                        "sha256": info.dataset_sha256,
-                        "name_tokens": list(info.dataset_name_tokens),
-                    },
-                    "hyperparameters": info.hyperparameters,
-                    "allow_regression": info.allow_regression,
-                },
-                "internalParameters": {"total_epochs": info.total_epochs},
-                "resolvedDependencies": dependencies,
-            },
-            "runDetails": {
-                "builder": builder,
-                "metadata": {
-                    "invocationId": info.run_id,
-                    "startedOn": min(r.started_at for r in models),
-                    "finishedOn": max(r.finished_at for r in models),
-                },
-                "byproducts": [
-                    {
-                        "name": f"training-host:{r.key}",
-                        "annotations": {
-                            "host": r.host,
-                            "image_digest": r.image_digest,
-                            "started_at": r.started_at,
-                            "finished_at": r.finished_at,
-                        },
-                    }
-                    for r in models
-                ],
-            },
-        },
-    }
-
-
-def commit_run(store: Store, run_id: str, manifest: bytes, signature: bytes | None) -> bool:
-    """Commit a run: write ``MANIFEST.json.sig`` (if any), then ``MANIFEST.json`` conditionally.
-
-    The manifest is the commit point: once it exists the run is immutable. Several
-    certifiers may race (Indexed Job); they build identical bytes, so a loser whose
-    manifest equals the winner's counts as success.
-
-    Returns:
-        True if the run is committed with exactly this manifest (by us or an identical
-        earlier/concurrent commit); False if another manifest was committed first (nothing
-        is overwritten).
-    """
-    prefix = layout.run_prefix(run_id)
-    manifest_key = prefix + layout.MANIFEST_NAME
-    sig_key = prefix + layout.SIGNATURE_NAME
-    existing = _read_or_none(store, manifest_key)
-    if existing is not None:
-        # Already committed: never touch the signature of a committed run.
-        same = existing == manifest
-        if same and signature is not None and store.head(sig_key) is None:
-            store.put_bytes(sig_key, signature)  # a crash between the two writes
-        log.info("commit_exists", tag="certified", run_id=run_id, identical=same)
-        return same
-    if signature is not None:
-        # Not committed yet, so any signature present is from a crashed attempt: replace it.
-        store.put_bytes(sig_key, signature)
-    try:
-        store.put_bytes(manifest_key, manifest, if_none_match=True)
-    except AlreadyExists:
-        existing = _read_or_none(store, manifest_key)
-        same = existing == manifest
-        if not same:
-            log.warning(
-                "commit_lost", tag="certified", run_id=run_id, reason="different manifest won"
-            )
-        return same
-    log.info("committed", tag="certified", run_id=run_id, manifest=manifest_key)
-    return True
+def is_committed(store: Store, run_id: str) -> bool:
+    """True once the run's MANIFEST.json exists."""
+    return store.head(layout.run_prefix(run_id) + layout.MANIFEST_NAME) is not None
 
 
 def _read_or_none(store: Store, key: str) -> bytes | None:
@@ -594,33 +77,10 @@ def _read_or_none(store: Store, key: str) -> bytes | None:
         return None
 
 
-def is_committed(store: Store, run_id: str) -> bool:
-    """True once the run's MANIFEST.json exists."""
-    return store.head(layout.run_prefix(run_id) + layout.MANIFEST_NAME) is not None
-
-
-def promote_run(store: Store, run_id: str) -> None:
-    """Copy a committed run's adapters and weights to the latest paths, then write CURRENT.
-
-    Server-side copies (nothing passes through this process on S3); objects already equal
-    are skipped, so a promotion interrupted by a crash is finished by calling it again.
-
-    Raises:
-        InputError: the run has no MANIFEST.json (uncommitted runs are never promoted).
-    """
-    if not is_committed(store, run_id):
-        raise InputError(
-            f"run {run_id} has no {layout.MANIFEST_NAME} in {store.uri}; not promoting"
-        )
-    prefix = layout.run_prefix(run_id)
-    copied = 0
-    for sub in ("lora_adapters/", "weights/"):
-        for info in store.list(prefix + sub):
-            rel = info.key.removeprefix(prefix)
-            store.copy(info.key, f"{layout.LATEST_DIR}/{rel}")
-            copied += 1
-    store.put_bytes(layout.CURRENT_KEY, layout.current_pointer(run_id))
-    log.info("promoted", tag="certified", run_id=run_id, objects=copied, current=prefix)
+def read_manifest(store: Store, run_id: str) -> Manifest | None:
+    """The run's MANIFEST.json, or None while it is not committed."""
+    data = _read_or_none(store, layout.run_prefix(run_id) + layout.MANIFEST_NAME)
+    return None if data is None else Manifest.model_validate_json(data)
 
 
 def read_current(store: Store) -> str | None:
@@ -631,22 +91,184 @@ def read_current(store: Store) -> str | None:
     return layout.run_id_from_pointer(data.decode("utf-8", errors="replace"))
 
 
-# --------------------------------------------------------------------------------------------
-# certifying a run
+# -- run identity
 
 
-@dataclass(frozen=True)
-class Certified:
-    """What :func:`certify_run` did."""
+def input_differences(bound: RunInputs, given: RunInputs) -> list[str]:
+    """Human-readable ``name: bound → given`` lines for every input that differs."""
+    left = _flatten(bound.model_dump(mode="json"))
+    right = _flatten(given.model_dump(mode="json"))
+    return [
+        f"{name}: {_short(left.get(name))} → {_short(right.get(name))}"
+        for name in sorted(set(left) | set(right))
+        if left.get(name) != right.get(name)
+    ]
 
-    run_id: str
-    uri: str  # where the run lives
-    models: list[str]
-    not_certified: list[str]
-    signed: bool
-    already: bool  # the run was committed before this call (only promotion was finished)
-    dna: str = ""  # empty when ``already``
-    status: str = ""
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:18] + "…" + text[-18:]
+
+
+def claim_run(store: Store, run_id: str, inputs: RunInputs) -> Manifest | None:
+    """Bind ``run_id`` to ``inputs``, or check that it is bound to them.
+
+    The first process of a run claims it (a conditional put of the staging
+    ``identity.json``); every later one compares. A committed run compares against its
+    MANIFEST.
+
+    Returns:
+        The MANIFEST when the run is already committed (the caller only finishes it), else
+        None.
+
+    Raises:
+        RunConflictError: the run is bound to other inputs (exit 2, naming each difference).
+    """
+    manifest = read_manifest(store, run_id)
+    if manifest is not None:
+        if manifest.inputs is not None:
+            _refuse_other_inputs(run_id, manifest.inputs, inputs, "committed")
+        return manifest
+    data = inputs.model_dump_json(indent=2).encode()
+    try:
+        store.put_bytes(layout.identity_key(run_id), data, if_none_match=True)
+        log.info("run_claimed", tag="config", run_id=run_id)
+        return None
+    except AlreadyExists:
+        pass
+    bound = RunInputs.model_validate_json(store.get_bytes(layout.identity_key(run_id)))
+    _refuse_other_inputs(run_id, bound, inputs, "started")
+    return None
+
+
+def _refuse_other_inputs(run_id: str, bound: RunInputs, given: RunInputs, state: str) -> None:
+    differences = input_differences(bound, given)
+    if differences:
+        raise RunConflictError(
+            f"RUN_ID {run_id} is already {state} with other inputs ("
+            + "; ".join(differences[:6])
+            + ("; …" if len(differences) > 6 else "")
+            + "): use a new RUN_ID, or the run's original settings"
+        )
+
+
+def check_model_inputs(
+    run_id: str, manifest: Manifest, key: str, digests: Mapping[str, str]
+) -> None:
+    """A committed run's record of one base model must equal the files on the volume now.
+
+    Raises:
+        RunConflictError: the model's files changed since the run was certified.
+    """
+    recorded = (manifest.model_inputs or {}).get(key)
+    if recorded is None or dict(recorded) == dict(digests):
+        return
+    changed = sorted(
+        name for name in set(recorded) | set(digests) if recorded.get(name) != digests.get(name)
+    )
+    raise RunConflictError(
+        f"RUN_ID {run_id} is committed with other files of base model {key} ("
+        + ", ".join(changed[:5])
+        + " differ): use a new RUN_ID to train on the current files"
+    )
+
+
+# -- staging
+
+
+def stage_files(store: Store, run_id: str, local_dir: Path) -> dict[str, FileDigest]:
+    """Upload every file under ``local_dir`` into the run's staging, named by content.
+
+    Returns:
+        path relative to ``local_dir`` (= relative to the run prefix) → size and SHA-256.
+    """
+    files = {
+        path.relative_to(local_dir).as_posix(): path
+        for path in sorted(local_dir.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+    digests = {rel: sha256_file(path) for rel, path in files.items()}
+    uploads = {layout.blob_key(run_id, digests[rel]): path for rel, path in files.items()}
+    try:
+        uploaded = {info.key: info for info in upload_files(store, uploads)}
+    except StorageError:
+        # A certifier that committed meanwhile removes the staging area under our feet; the
+        # files need not go up then, only be compared (mark_done does).
+        if not is_committed(store, run_id):
+            raise
+        log.info("run_committed_meanwhile", tag="upload", run_id=run_id)
+        return {
+            rel: FileDigest(size=files[rel].stat().st_size, sha256=sha)
+            for rel, sha in digests.items()
+        }
+    staged: dict[str, FileDigest] = {}
+    for rel, sha in digests.items():
+        info = uploaded[layout.blob_key(run_id, sha)]
+        if info.sha256 != sha:
+            raise IntegrityError(f"{files[rel]} changed while it was being uploaded; re-run")
+        staged[rel] = FileDigest(size=info.size, sha256=sha)
+        faultpoints.reached("staged")
+    return staged
+
+
+def _stage_bytes(store: Store, run_id: str, data: bytes) -> FileDigest:
+    sha = sha256_bytes(data)
+    store.put_bytes(layout.blob_key(run_id, sha), data)
+    return FileDigest(size=len(data), sha256=sha)
+
+
+def mark_done(store: Store, result: ModelResult, run_id: str) -> bool:
+    """Record one finished model (a conditional put: the first attempt's files win).
+
+    Returns:
+        True if this marker was written; False if an earlier attempt's marker lists exactly
+        the same files (same bytes: nothing is lost).
+
+    Raises:
+        RunConflictError: an earlier attempt finished this model with other bytes (exit 2).
+    """
+    key = layout.done_marker_key(run_id, result.key)
+    written = True
+    try:
+        store.put_bytes(key, result.model_dump_json(indent=2).encode(), if_none_match=True)
+        faultpoints.reached("done")
+    except AlreadyExists:
+        written = False
+    if not written:
+        earlier = ModelResult.model_validate_json(store.get_bytes(key)).files
+    else:
+        # The run may have been committed (and its staging removed) while this model
+        # trained: then the committed MANIFEST is what our bytes must equal.
+        manifest = read_manifest(store, run_id)
+        if manifest is None or manifest.format != MANIFEST_FORMAT:
+            return True
+        earlier = {
+            f.path: FileDigest(size=f.size, sha256=f.sha256)
+            for f in manifest.files
+            if f.path in result.files
+        }
+    if earlier == result.files:
+        log.info("model_done_identical", tag="upload", model=result.key, run_id=run_id)
+        return written
+    changed = sorted(
+        path
+        for path in set(earlier) | set(result.files)
+        if earlier.get(path) != result.files.get(path)
+    )
+    raise RunConflictError(
+        f"model {result.key} of run {run_id} was already finished by another attempt with "
+        f"other bytes ({', '.join(changed[:3])}{', …' if len(changed) > 3 else ''}); the "
+        "first one is kept: use a new RUN_ID to publish this training"
+    )
 
 
 def missing_models(store: Store, run_id: str, keys: list[str]) -> list[str]:
@@ -663,7 +285,7 @@ def read_results(store: Store, run_id: str) -> list[ModelResult]:
     """
     from pydantic import ValidationError
 
-    prefix = f"{layout.run_prefix(run_id)}{layout.DONE_DIR}/"
+    prefix = layout.done_marker_key(run_id, "x").rsplit("/", 1)[0] + "/"
     results: list[ModelResult] = []
     for info in store.list(prefix):
         if not info.key.endswith(".json"):
@@ -686,6 +308,23 @@ def read_results(store: Store, run_id: str) -> list[ModelResult]:
     return results
 
 
+# -- certify
+
+
+@dataclass(frozen=True)
+class Certified:
+    """What :func:`certify_run` did."""
+
+    run_id: str
+    uri: str  # where the run lives
+    models: list[str]
+    not_certified: list[str]
+    signed: bool
+    already: bool  # the run was committed before this call (only finishing was left)
+    dna: str = ""  # empty when ``already``
+    status: str = ""
+
+
 def _dataset_tokens(results: list[ModelResult]) -> list[str]:
     names = [Path(name).stem for name in results[0].dataset_files]
     return names[:3]
@@ -699,36 +338,41 @@ def certify_run(
     language: str,
     allow_regression: bool,
     image_digest: str | None,
-    signing_key: Ed25519PrivateKey | None,
+    signing_key_file: Path | None,
     expected: list[str] | None,
-    extra_files: Callable[[Mapping[str, bytes]], Mapping[str, bytes]] | None = None,
+    extra_files: ExtraFiles | None = None,
 ) -> Certified:
-    """Certify a run whose models are all uploaded: documents, MANIFEST, promotion, CURRENT.
+    """Certify a run whose models are all done: documents, signatures, commit, finish.
 
-    Idempotent: a committed run only has its promotion finished.
+    Idempotent; a committed run is only finished (materialized, promoted, CURRENT, staging
+    removed). Racing certifiers each stage their own documents; the one whose MANIFEST.json
+    lands first commits, and the others finish the winner's run.
 
     Args:
         store: the artifact store.
         run_id: the run.
-        version, language, allow_regression, image_digest: run-wide settings.
-        signing_key: signs ledger and MANIFEST; None: an unsigned run.
+        version, language: must equal the run's inputs (they are part of its identity).
+        allow_regression, image_digest: recorded in the documents.
+        signing_key_file: signs ledger, MANIFEST and OMS signatures; None: unsigned.
         expected: model keys that must have done markers (None: whatever is there).
-        extra_files: derives more run files (the HTML report) from the run-level files;
-            they are certified like the others. Must be a pure function of its input and
-            the store, so racing certifiers write the same bytes.
+        extra_files: derives more run files (the HTML report) from the run-level files and
+            the staged model files (run-relative path → store key of its bytes); they are
+            certified like the others. Must be a pure function of its input and the store.
 
     Raises:
         InputError: no finished models, or some expected ones are missing.
-        VerificationError: another certifier committed different content first.
+        RunConflictError: version/language differ from the run's inputs, or another
+            certifier committed other content first (the run is still finished).
     """
     prefix = layout.run_prefix(run_id)
     uri = f"{store.uri.rstrip('/')}/{prefix}"
+    signing_key = provenance.load_private_key(signing_key_file) if signing_key_file else None
     if is_committed(store, run_id):
-        log.info("already_certified", tag="certified", run_id=run_id)
-        promote_run(store, run_id)  # finishes a promotion a crash interrupted
-        return Certified(run_id, uri, [], [], signing_key is not None, already=True)
+        return _finished_by_other(store, run_id, uri, signing_key)
     results = read_results(store, run_id)
     if not results:
+        if is_committed(store, run_id):  # another certifier committed and cleaned up meanwhile
+            return _finished_by_other(store, run_id, uri, signing_key)
         raise InputError(
             f"run {run_id} has no finished models under {store.uri}; nothing to certify"
         )
@@ -737,6 +381,17 @@ def certify_run(
         if missing:
             raise InputError(f"run {run_id} is missing models {', '.join(missing)}")
     results.sort(key=lambda r: (r.position, r.key))
+    identity = _read_or_none(store, layout.identity_key(run_id))
+    inputs = RunInputs.model_validate_json(identity) if identity else None
+    if inputs is not None:
+        asked = {"version": version, "language": language}
+        bound = {"version": inputs.version, "language": inputs.language}
+        if asked != bound:
+            raise RunConflictError(
+                f"run {run_id} was started with MODEL_VERSION={inputs.version} and "
+                f"ONESEEK_LANGUAGE={inputs.language}; certify it with those (got "
+                f"{version}/{language})"
+            )
     info = RunInfo(
         run_id=run_id,
         version=version,
@@ -748,30 +403,33 @@ def certify_run(
         image_digest=image_digest,
         hyperparameters=results[0].hyperparameters,
     )
-    run_files = build_run_files(results, info, signing_key=signing_key)
-    if extra_files is not None:
-        run_files = build_run_files(
-            results, info, signing_key=signing_key, extra_files=extra_files(run_files)
+    try:
+        manifest, dna = _stage_run(
+            store, run_id, results, info, inputs, signing_key, signing_key_file, extra_files
         )
-    for name, data in run_files.items():
-        store.put_bytes(prefix + name, data)
-    # Hidden housekeeping (.done/ markers, .live/ progress) is not part of the certified set.
-    objects = [o for o in store.list(prefix) if not o.key.removeprefix(prefix).startswith(".")]
-    manifest = build_manifest(run_id, objects, signing_key=signing_key)
-    signature = provenance.sign(manifest, signing_key) if signing_key is not None else None
-    if not commit_run(store, run_id, manifest, signature):
-        raise VerificationError(
-            f"run {run_id} was already certified with different content; not overwriting it"
-        )
-    promote_run(store, run_id)
+    except (InputError, StorageError):
+        # A certifier that committed meanwhile removes the staging area under our feet.
+        if is_committed(store, run_id):
+            return _finished_by_other(store, run_id, uri, signing_key)
+        raise
+    won = commit_manifest(store, run_id, manifest)
+    finish_run(store, run_id)
+    if not won:
+        winner = read_manifest(store, run_id)
+        differences = _content_differences(winner, Manifest.model_validate_json(manifest))
+        if differences:
+            raise RunConflictError(
+                f"run {run_id} was certified first by another certifier with other content "
+                f"({'; '.join(differences)}); it is kept and finished, this one is dropped"
+            )
     certified = Certified(
         run_id=run_id,
         uri=uri,
         models=[r.key for r in results],
         not_certified=[r.key for r in results if not r.certified],
         signed=signing_key is not None,
-        already=False,
-        dna=json.loads(run_files[layout.DNA_NAME])["dna"],
+        already=not won,
+        dna=dna,
         status=run_status(results)[0],
     )
     log.info(
@@ -781,6 +439,306 @@ def certify_run(
         models=certified.models,
         signed=certified.signed,
         not_certified=certified.not_certified,
+        won=won,
         uri=uri,
     )
     return certified
+
+
+def _stage_run(
+    store: Store,
+    run_id: str,
+    results: list[ModelResult],
+    info: RunInfo,
+    inputs: RunInputs | None,
+    signing_key: SigningKey | None,
+    signing_key_file: Path | None,
+    extra_files: ExtraFiles | None,
+) -> tuple[bytes, str]:
+    """Stage the run documents and signatures; return the MANIFEST.json to commit and the
+    run's DNA."""
+    files: dict[str, FileDigest] = {p: d for r in results for p, d in r.files.items()}
+    run_files = build_run_files(results, info, signing_key=signing_key)
+    if extra_files is not None:
+        staged = {path: layout.blob_key(run_id, d.sha256) for path, d in files.items()}
+        run_files = build_run_files(
+            results, info, signing_key=signing_key, extra_files=extra_files(run_files, staged)
+        )
+    for name, data in run_files.items():
+        files[name] = _stage_bytes(store, run_id, data)
+    if signing_key_file is not None and isinstance(signing_key, ec.EllipticCurvePrivateKey):
+        for name, data in _oms_signatures(files, [r.key for r in results], signing_key_file):
+            files[name] = _stage_bytes(store, run_id, data)
+    elif signing_key is not None:
+        log.warning(
+            "oms_not_signed",
+            tag="certified",
+            reason="ed25519 key: OpenSSF model signing needs an ECDSA key (oneseek-job keygen)",
+        )
+    missing_blobs = [
+        path for path, d in files.items() if store.head(layout.blob_key(run_id, d.sha256)) is None
+    ]
+    if missing_blobs:
+        raise InputError(
+            f"run {run_id}: staged files are missing ({', '.join(missing_blobs[:3])}); "
+            "retrain those models (delete their done markers) or use a new RUN_ID"
+        )
+    manifest = build_manifest(
+        run_id,
+        files,
+        signing_key=signing_key,
+        started_at=min((r.started_at for r in results), key=instant),
+        inputs=inputs,
+        model_inputs={r.key: r.base_model_digests for r in results},
+    )
+    if signing_key is not None:
+        store.put_bytes(
+            layout.staged_signature_key(run_id, sha256_bytes(manifest)),
+            provenance.sign(manifest, signing_key),
+        )
+    return manifest, json.loads(run_files[layout.DNA_NAME])["dna"]
+
+
+def _finished_by_other(
+    store: Store, run_id: str, uri: str, signing_key: SigningKey | None
+) -> Certified:
+    """The run is committed (by someone else): finish it; refuse if we would sign otherwise."""
+    log.info("already_certified", tag="certified", run_id=run_id)
+    finish_run(store, run_id)
+    committed = read_manifest(store, run_id)
+    assert committed is not None  # finish_run raised otherwise
+    ours = provenance.public_key_fingerprint(signing_key) if signing_key else None
+    if committed.format == MANIFEST_FORMAT and committed.signer_fingerprint != ours:
+        raise RunConflictError(
+            f"run {run_id} is already certified by signer "
+            f"{str(committed.signer_fingerprint)[:12]}…, not by this key; it is kept"
+        )
+    return Certified(run_id, uri, [], [], committed.signed, already=True)
+
+
+def _oms_signatures(
+    files: Mapping[str, FileDigest], keys: list[str], key_file: Path
+) -> list[tuple[str, bytes]]:
+    """OMS signatures of every adapter directory, then of the run directory (which covers
+    the adapter signatures too); each signature file lives in the directory it signs."""
+    signatures: list[tuple[str, bytes]] = []
+    for key in keys:
+        directory = f"lora_adapters/{layout.adapter_dir_name(key)}/"
+        inside = {
+            path.removeprefix(directory): d.sha256
+            for path, d in files.items()
+            if path.startswith(directory)
+        }
+        data = oms.sign_files(
+            inside,
+            name=layout.adapter_dir_name(key),
+            key_path=key_file,
+            ignore=[layout.OMS_SIGNATURE_NAME],
+        )
+        signatures.append((directory + layout.OMS_SIGNATURE_NAME, data))
+    run_files = {path: d.sha256 for path, d in files.items()}
+    run_files.update({path: sha256_bytes(data) for path, data in signatures})
+    run_signature = oms.sign_files(
+        run_files,
+        name=layout.MODEL_NAME,
+        key_path=key_file,
+        ignore=[layout.OMS_SIGNATURE_NAME, layout.MANIFEST_NAME, layout.SIGNATURE_NAME],
+    )
+    return [*signatures, (layout.OMS_SIGNATURE_NAME, run_signature)]
+
+
+def _content_differences(winner: Manifest | None, ours: Manifest) -> list[str]:
+    """What makes two MANIFESTs of one run differ, beyond signature bytes.
+
+    Signatures (MANIFEST's and OMS) differ between any two certifiers; what counts is the
+    trained files, the inputs and the signer.
+    """
+    if winner is None:
+        return ["the committed MANIFEST.json could not be read"]
+    problems: list[str] = []
+    if winner.signer_fingerprint != ours.signer_fingerprint:
+        problems.append(
+            f"signer {str(winner.signer_fingerprint)[:12]}… vs {str(ours.signer_fingerprint)[:12]}…"
+        )
+    if winner.inputs != ours.inputs or winner.model_inputs != ours.model_inputs:
+        problems.append("inputs differ")
+
+    def trained(m: Manifest) -> dict[str, str]:
+        return {
+            f.path: f.sha256 for f in m.files if f.path.startswith(("lora_adapters/", "weights/"))
+        }
+
+    ours_trained, theirs = trained(ours), trained(winner)
+    changed = sorted(
+        p
+        for p in set(ours_trained) | set(theirs)
+        if ours_trained.get(p) != theirs.get(p) and not p.endswith(layout.OMS_SIGNATURE_NAME)
+    )
+    if changed:
+        problems.append(f"files {', '.join(changed[:3])} differ")
+    return problems
+
+
+def commit_manifest(store: Store, run_id: str, manifest: bytes) -> bool:
+    """Create MANIFEST.json with a conditional put: the commit point of the run.
+
+    Returns:
+        True if this call committed the run, False if a MANIFEST was already there (nothing
+        is overwritten; the caller compares and finishes the winner's run).
+    """
+    key = layout.run_prefix(run_id) + layout.MANIFEST_NAME
+    try:
+        store.put_bytes(key, manifest, if_none_match=True)
+    except AlreadyExists:
+        log.info("commit_lost", tag="certified", run_id=run_id)
+        return False
+    log.info("committed", tag="certified", run_id=run_id, manifest=key)
+    faultpoints.reached("committed")
+    return True
+
+
+# -- finishing a committed run
+
+
+def finish_run(store: Store, run_id: str) -> None:
+    """Bring a committed run to its final state; safe to call any number of times, by anyone.
+
+    1. materialize: create each file MANIFEST names from its staged blob (create-only; a
+       file already there must have the named digest, else nothing is touched and the
+       run is reported), then MANIFEST.json.sig;
+    2. promote to the latest paths and set CURRENT, unless CURRENT names a newer run;
+    3. delete the run's staging area and abort unfinished multipart uploads.
+
+    Raises:
+        InputError: the run has no MANIFEST.json (uncommitted runs are never finished).
+        IntegrityError: a file under the run prefix is not what MANIFEST names.
+        StorageError: a staged blob is gone before its file was created (the run cannot be
+            completed from this store).
+    """
+    manifest_bytes = _read_or_none(store, layout.run_prefix(run_id) + layout.MANIFEST_NAME)
+    if manifest_bytes is None:
+        raise InputError(
+            f"run {run_id} has no {layout.MANIFEST_NAME} in {store.uri}; not finishing it"
+        )
+    manifest = Manifest.model_validate_json(manifest_bytes)
+    if manifest.format != MANIFEST_FORMAT:  # runs of the pre-staging protocol: files in place
+        promote_run(store, run_id)
+        return
+    _materialize(store, run_id, manifest, sha256_bytes(manifest_bytes))
+    promote_run(store, run_id)
+    _remove_staging(store, run_id)
+
+
+def _materialize(store: Store, run_id: str, manifest: Manifest, manifest_sha256: str) -> None:
+    prefix = layout.run_prefix(run_id)
+    created = 0
+    for entry in manifest.files:
+        target = prefix + entry.path
+        existing = store.head(target)
+        if existing is None:
+            try:
+                store.copy(layout.blob_key(run_id, entry.sha256), target, if_none_match=True)
+                created += 1
+                faultpoints.reached("materialized")
+            except AlreadyExists:
+                pass  # another finisher created it a moment ago: checked below
+            except (FileNotFoundError, StorageError) as error:
+                # Another finisher may have created the file and removed the staging area
+                # between our check and our copy; only a still-missing file is a failure.
+                if store.head(target) is None:
+                    raise StorageError(
+                        f"run {run_id}: the staged copy of {entry.path} is gone before the "
+                        f"file was created ({error}); the run cannot be completed from here"
+                    ) from None
+            existing = store.head(target)
+        if existing is None or existing.sha256 != entry.sha256 or existing.size != entry.size:
+            raise IntegrityError(
+                f"run {run_id}: {entry.path} is not the file MANIFEST.json names; it is left "
+                "alone (run `oneseek-job verify` to see what changed)"
+            )
+    if manifest.signed and store.head(prefix + layout.SIGNATURE_NAME) is None:
+        staged = layout.staged_signature_key(run_id, manifest_sha256)
+        try:
+            store.copy(staged, prefix + layout.SIGNATURE_NAME, if_none_match=True)
+        except AlreadyExists:
+            pass
+        except FileNotFoundError:
+            raise StorageError(
+                f"run {run_id}: the staged MANIFEST.json.sig is gone; the run stays unsigned"
+            ) from None
+    log.info("materialized", tag="certified", run_id=run_id, created=created)
+
+
+def _remove_staging(store: Store, run_id: str) -> None:
+    staging = layout.staging_prefix(run_id)
+    removed = 0
+    for info in list(store.list(staging)):
+        store.delete(info.key)
+        removed += 1
+    aborted = store.cleanup(staging) + store.cleanup(layout.run_prefix(run_id))
+    log.info("staging_removed", tag="certified", run_id=run_id, objects=removed, aborted=aborted)
+
+
+def _ordering_key(store: Store, run_id: str) -> tuple[str, str]:
+    """(start time, run id) of a committed run: CURRENT only ever moves to a larger key.
+
+    v2 manifests record ``started_at`` (the earliest model start); older runs fall back to
+    the UTC time in a default ``run-YYYYMMDD-HHMMSS`` id, else sort first.
+    """
+    manifest = read_manifest(store, run_id)
+    if manifest is not None and manifest.started_at:
+        return (datetime.fromisoformat(manifest.started_at).astimezone(UTC).isoformat(), run_id)
+    match = re.fullmatch(r"run-(\d{8})-(\d{6})", run_id)
+    if match is None:
+        return ("", run_id)
+    stamp = datetime.strptime(match[1] + match[2], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    return (stamp.isoformat(), run_id)
+
+
+def promote_run(store: Store, run_id: str) -> None:
+    """Copy a committed run's adapters and weights to the latest paths, then write CURRENT.
+
+    Ordering rule: CURRENT names the committed run with the greatest (start time, run id);
+    a run whose key is smaller than the run CURRENT names is not promoted (it stays
+    certified and verifiable under its own prefix). Files at the latest paths that the
+    promoted run does not have are deleted before CURRENT moves, so no file of an earlier
+    run is left there. Server-side copies; objects already equal are skipped, so an
+    interrupted promotion is finished by calling it again.
+
+    Raises:
+        InputError: the run has no MANIFEST.json (uncommitted runs are never promoted).
+    """
+    if not is_committed(store, run_id):
+        raise InputError(
+            f"run {run_id} has no {layout.MANIFEST_NAME} in {store.uri}; not promoting"
+        )
+    current = read_current(store)
+    newer = (
+        current not in (None, run_id)
+        and is_committed(store, str(current))
+        and _ordering_key(store, str(current)) > _ordering_key(store, run_id)
+    )
+    if newer:
+        log.info("promotion_skipped", tag="certified", run_id=run_id, current=current)
+        return
+    prefix = layout.run_prefix(run_id)
+    wanted: set[str] = set()
+    for sub in ("lora_adapters/", "weights/"):
+        for info in store.list(prefix + sub):
+            rel = info.key.removeprefix(prefix)
+            store.copy(info.key, f"{layout.LATEST_DIR}/{rel}")
+            wanted.add(f"{layout.LATEST_DIR}/{rel}")
+            faultpoints.reached("promoted")
+    stale = [
+        info.key
+        for sub in ("lora_adapters/", "weights/")
+        for info in store.list(f"{layout.LATEST_DIR}/{sub}")
+        if info.key not in wanted
+    ]
+    for key in stale:
+        store.delete(key)
+    faultpoints.reached("before_current")
+    store.put_bytes(layout.CURRENT_KEY, layout.current_pointer(run_id))
+    log.info(
+        "promoted", tag="certified", run_id=run_id, objects=len(wanted), stale_removed=len(stale)
+    )

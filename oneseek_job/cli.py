@@ -381,7 +381,9 @@ def verify(
 ) -> None:
     """Re-hash every file of a run and check manifest, signature, ledger, DNA and in-toto.
 
-    Exits 0 only when every check holds; otherwise prints one line per failure.
+    Exits 0 only when every check holds; 2 when any check fails (tampered, incomplete,
+    unsigned without --allow-unsigned: re-running cannot change the verdict); 1 only when
+    the store itself fails (transient).
 
     Examples:
 
@@ -478,7 +480,11 @@ def keygen(
     out_dir: Annotated[Path, typer.Option(help="Directory for the key pair.")] = Path(),
     name: Annotated[str, typer.Option(help="File name stem.")] = "oneseek-signing",
 ) -> None:
-    """Write a key pair for signing runs (<name>.key private 0600, <name>.pub).
+    """Write an ECDSA P-256 key pair for signing runs (<name>.key private 0600, <name>.pub).
+
+    The key signs MANIFEST.json and the OpenSSF model signatures (model.sig) of every
+    adapter and run directory; `model_signing verify key DIR --signature DIR/model.sig
+    --public_key <name>.pub` checks those.
 
     Example (then store the private key as a Kubernetes Secret):
 
@@ -557,6 +563,11 @@ def version() -> None:
 
 def main() -> None:
     """Console entry point: run the app, map domain errors to one line and their exit code."""
+    crash_at = os.environ.get("ONESEEK_CRASH_AT")  # test hook: SIGKILL at a publish step
+    if crash_at:
+        from oneseek_job import faultpoints
+
+        faultpoints.arm(crash_at)
     try:
         app()  # standalone: usage errors exit 2 with click's message, --help exits 0
     except JobError as error:

@@ -206,6 +206,12 @@ class JobSettings(_Base):
     create_bucket: bool = Field(
         False, validation_alias=_env("create_bucket", "ONESEEK_CREATE_BUCKET")
     )
+    # Opt-out for S3 servers that ignore If-None-Match (probed once per bucket): commit
+    # anyway, with only a check-then-write guard. Safe only with one certifier at a time.
+    allow_unconditional_writes: bool = Field(
+        False,
+        validation_alias=_env("allow_unconditional_writes", "ONESEEK_ALLOW_UNCONDITIONAL_WRITES"),
+    )
     # Only ever passed to the S3 client; SecretStr keeps it out of reprs and logs.
     aws_access_key_id: SecretStr | None = Field(
         None, validation_alias=_env("aws_access_key_id", "AWS_ACCESS_KEY_ID")

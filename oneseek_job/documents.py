@@ -19,6 +19,7 @@ __all__ = [
     "INTOTO_PREDICATE_TYPE",
     "INTOTO_STATEMENT_TYPE",
     "MANIFEST_FORMAT",
+    "MANIFEST_FORMATS",
     "DnaDocument",
     "Document",
     "FileDigest",
@@ -30,6 +31,7 @@ __all__ = [
     "ModelMetrics",
     "ModelResult",
     "ResolvedName",
+    "RunInputs",
     "SignatureFile",
     "TrainedModel",
     "TrainingResults",
@@ -37,7 +39,8 @@ __all__ = [
     "live_metrics",
 ]
 
-MANIFEST_FORMAT = "oneseek-manifest/v1"
+MANIFEST_FORMAT = "oneseek-manifest/v2"
+MANIFEST_FORMATS = ("oneseek-manifest/v1", MANIFEST_FORMAT)
 INTOTO_STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 INTOTO_PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 
@@ -103,6 +106,7 @@ class ModelResult(BaseModel):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     host: str = ""
     image_digest: str | None = None
+    attempt: str = ""  # the process that trained it (id of its staging attempt)
     # Every BASE_MODELS spelling that led to this model, with the rule that matched it.
     resolution: list[ResolvedName] = Field(default_factory=list)
 
@@ -308,8 +312,30 @@ class ManifestFile(BaseModel):
     sha256: str
 
 
+class RunInputs(BaseModel):
+    """What a RUN_ID is bound to: the run-wide part of its input fingerprint.
+
+    Claimed by the first process of a run (staging ``identity.json``) and recorded in
+    MANIFEST.json; a process of the same RUN_ID with other inputs is refused (exit 2). The
+    per-model part (each base model's file digests) lives in the done markers and in
+    MANIFEST ``model_inputs``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: list[str]  # resolved keys, in BASE_MODELS order
+    dataset_sha256: str
+    hyperparameters: dict[str, Any]
+    version: str
+    language: str
+
+
 class Manifest(BaseModel):
-    """MANIFEST.json: the committed file set of a run."""
+    """MANIFEST.json: the committed file set of a run (the commit point).
+
+    v2 adds what the run is bound to (``inputs``, ``model_inputs``), when it started (the
+    CURRENT ordering key) and the signature algorithm; v1 manifests (ed25519 era) still parse.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -320,6 +346,10 @@ class Manifest(BaseModel):
     file_count: int
     total_size: int
     files: list[ManifestFile]
+    signature_algorithm: str | None = None
+    started_at: str | None = None
+    inputs: RunInputs | None = None
+    model_inputs: dict[str, dict[str, str]] | None = None
 
 
 class SignatureFile(BaseModel):

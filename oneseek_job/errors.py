@@ -19,12 +19,15 @@ __all__ = [
     "TRANSIENT_ERRNOS",
     "ConfigError",
     "InputError",
+    "IntegrityError",
     "JobError",
     "JobShapeError",
     "Preempted",
     "ResolutionError",
+    "RunConflictError",
     "StorageError",
     "TransientError",
+    "UnsafePathError",
     "VerificationError",
     "exit_code_for_os_error",
 ]
@@ -77,10 +80,35 @@ class StorageError(JobError):
     exit_code = EXIT_FAILED
 
 
-class VerificationError(JobError):
-    """A published run does not verify (tampered, incomplete or unsigned when required)."""
+class IntegrityError(StorageError):
+    """Stored bytes differ from what was written or expected (damaged in transit, changed in
+    place). A writer retries (exit 1: the upload is redone); ``verify`` reports it as a failed
+    check instead."""
 
-    exit_code = EXIT_FAILED
+
+class UnsafePathError(IntegrityError):
+    """A store path goes through a symlink: never followed, for reading or writing. Exit 2:
+    a planted link does not go away by retrying."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class VerificationError(JobError):
+    """A published run does not verify (tampered, incomplete or unsigned when required).
+
+    Exit 2, never 1: re-running verify on the same bytes cannot change the verdict.
+    """
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class RunConflictError(JobError):
+    """The RUN_ID is bound to other inputs, or its run was committed with other content.
+
+    Exit 2: a retry with the same settings meets the same run; change RUN_ID or the inputs.
+    """
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class Preempted(JobError):  # noqa: N818 - it is a signal, not a failure

@@ -10,6 +10,8 @@ since every run file is derived from the markers alone).
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import shutil
 import socket
 import time
@@ -20,25 +22,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from oneseek_job import layout
-from oneseek_job.certify import certify_run, is_committed, missing_models
+from oneseek_job.certify import (
+    certify_run,
+    check_model_inputs,
+    claim_run,
+    finish_run,
+    mark_done,
+    missing_models,
+    stage_files,
+)
 from oneseek_job.config import JobSettings
 from oneseek_job.digests import sha256_file
 from oneseek_job.discovery import Resolution
-from oneseek_job.documents import FileDigest, ModelResult, ResolvedName, live_metrics
+from oneseek_job.documents import ModelResult, ResolvedName, RunInputs, live_metrics
 from oneseek_job.errors import EXIT_PREEMPTED, JobError
 from oneseek_job.logs import bind, get_logger
 from oneseek_job.preflight import run_preflight
-from oneseek_job.provenance import hash_model_inputs_async, load_private_key, load_public_key
-from oneseek_job.storage import Store, store_from_settings, upload_tree
+from oneseek_job.provenance import (
+    hash_model_inputs,
+    hash_model_inputs_async,
+    load_private_key,
+    load_public_key,
+)
+from oneseek_job.storage import Store, store_from_settings
 from oneseek_job.telemetry import FanOut, MetricsSink, model_files
 from oneseek_job.verify import VerifyReport, resolve_run_id, verify_run
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from oneseek_job.data import Record
+    from oneseek_job.provenance import SigningKey
     from oneseek_job.run_report import RunView
 
 __all__ = ["Reporter", "certify_job", "report_job", "train_job", "verify_job"]
@@ -46,6 +60,8 @@ __all__ = ["Reporter", "certify_job", "report_job", "train_job", "verify_job"]
 log = get_logger(__name__)
 # Remote live_metrics.json is rewritten at most this often (S3 PUTs cost and throttle).
 LIVE_UPLOAD_INTERVAL_S = 60.0
+# Names this process in its done markers (which attempt's bytes a model has).
+_ATTEMPT = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 class Reporter(Protocol):
@@ -107,8 +123,16 @@ def train_job(
         loose=[m for r in resolutions for m in r.non_exact()],
     )
     dataset = _hash_dataset(settings.dataset)
-    if is_committed(store, settings.run_id):
+    # The RUN_ID is bound to its inputs: other inputs exit 2 before any training; a
+    # committed run with the same inputs is only finished (promotion, CURRENT, cleanup).
+    committed = claim_run(store, settings.run_id, run_inputs(settings, resolutions, dataset))
+    if committed is not None:
+        for resolution in selected:
+            check_model_inputs(
+                settings.run_id, committed, resolution.key, hash_model_inputs(resolution.model.path)
+            )
         log.info("already_certified", tag="certified", run_id=settings.run_id)
+        finish_run(store, settings.run_id)
         _remove_checkpoints(settings)
         return
     reporter.started(settings.run_id, [r.key for r in selected])
@@ -118,8 +142,7 @@ def train_job(
     live = _LiveMetrics(
         path=settings.work_dir / settings.run_id / "live_metrics.json",
         store=store,
-        store_key=f"{layout.run_prefix(settings.run_id)}{layout.LIVE_DIR}/"
-        f"{'all' if index is None else f'index-{index}'}.json",
+        store_key=layout.live_key(settings.run_id, "all" if index is None else f"index-{index}"),
         keys=[r.key for r in selected],
     )
     for resolution in selected:
@@ -297,8 +320,9 @@ def _train_and_upload(
             final_val_loss=outcome.final_val_loss,
             certified=certified,
         )
-    uploaded = upload_tree(store, staging, layout.run_prefix(settings.run_id))
-    prefix = layout.run_prefix(settings.run_id)
+    # Staged by content, outside the run prefix: nothing under a run is written before it
+    # commits, and the done marker (a conditional put) decides whose bytes the model has.
+    files = stage_files(store, settings.run_id, staging)
     result = ModelResult(
         key=key,
         position=position,
@@ -317,10 +341,7 @@ def _train_and_upload(
         duration_seconds=round(outcome.duration_seconds, 3),
         started_at=started,
         finished_at=_now(),
-        files={
-            info.key.removeprefix(prefix): FileDigest(size=info.size, sha256=info.sha256)
-            for info in uploaded
-        },
+        files=files,
         base_model_digests=digests.result(),
         dataset_sha256=dataset.sha256,
         dataset_files=dataset.names,
@@ -328,13 +349,14 @@ def _train_and_upload(
         host=socket.gethostname(),
         image_digest=settings.image_digest,
         resolution=[ResolvedName(**name) for name in resolution.spellings()],
+        attempt=_ATTEMPT,
     )
-    store.put_bytes(marker, result.model_dump_json(indent=2).encode())
+    mark_done(store, result, settings.run_id)
     log.info(
         "model_done",
         tag="upload",
         model=key,
-        files=len(uploaded),
+        files=len(files),
         base_val_loss=outcome.base_val_loss,
         final_val_loss=outcome.final_val_loss,
         certified=certified,
@@ -412,6 +434,23 @@ def _hyperparameters(settings: JobSettings) -> dict[str, Any]:
     }
 
 
+def run_inputs(
+    settings: JobSettings, resolutions: list[Resolution], dataset: _Dataset
+) -> RunInputs:
+    """The run-wide part of the fingerprint a RUN_ID is bound to (base model digests are
+    checked per model, by whoever trains or re-runs it)."""
+    train = settings.train.model_dump(mode="json")
+    for knob in ("log_every", "checkpoint_every"):  # how often, not what is trained
+        train.pop(knob, None)
+    return RunInputs(
+        models=[r.key for r in resolutions],
+        dataset_sha256=dataset.sha256,
+        hyperparameters={"lora": settings.lora.model_dump(mode="json"), "train": train},
+        version=settings.model_version,
+        language=settings.language,
+    )
+
+
 def certify_job(settings: JobSettings, reporter: Reporter | None = None) -> None:
     """``oneseek-job certify``: certify a run whose models are all uploaded. Idempotent."""
 
@@ -428,8 +467,8 @@ def _certify(
 ) -> None:
     signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
 
-    def report(run_files: Mapping[str, bytes]) -> dict[str, bytes]:
-        return _render_report(store, settings.run_id, run_files, signing_key)
+    def report(run_files: Mapping[str, bytes], staged: Mapping[str, str]) -> dict[str, bytes]:
+        return _render_report(store, settings.run_id, run_files, staged, signing_key)
 
     certified = certify_run(
         store,
@@ -438,7 +477,7 @@ def _certify(
         language=settings.language,
         allow_regression=settings.train.allow_regression,
         image_digest=settings.image_digest,
-        signing_key=signing_key,
+        signing_key_file=settings.signing_key_file,
         expected=expected,
         extra_files=report,
     )
@@ -460,16 +499,25 @@ def _render_report(
     store: Store,
     run_id: str,
     run_files: Mapping[str, bytes],
-    signing_key: Ed25519PrivateKey | None,
+    staged: Mapping[str, str],
+    signing_key: SigningKey | None,
 ) -> dict[str, bytes]:
-    """``{report.html: bytes}``: a pure function of the run files and the uploaded progress
-    histories, so racing certifiers render the same bytes."""
+    """``{report.html: bytes}``: a pure function of the run files and the staged progress
+    histories (``metrics/<key>.jsonl``), so racing certifiers render the same bytes."""
     from oneseek_job.provenance import public_key_fingerprint
-    from oneseek_job.run_report import REPORT_NAME, read_histories, render_html, run_view
+    from oneseek_job.run_report import REPORT_NAME, render_html, run_view
 
+    folder = f"{layout.METRICS_DIR}/"
+    histories = {
+        path[len(folder) :].removesuffix(".jsonl"): store.get_bytes(key).decode(
+            "utf-8", errors="replace"
+        )
+        for path, key in sorted(staged.items())
+        if path.startswith(folder) and path.endswith(".jsonl") and "/" not in path[len(folder) :]
+    }
     view = run_view(
         run_files,
-        read_histories(store, layout.run_prefix(run_id)),
+        histories,
         run_id=run_id,
         signed=signing_key is not None,
         signer=public_key_fingerprint(signing_key) if signing_key is not None else None,

@@ -21,17 +21,24 @@ __all__ = [
     "MANIFEST_NAME",
     "METRICS_DIR",
     "MODEL_NAME",
+    "OMS_SIGNATURE_NAME",
     "REPORT_NAME",
     "RESULTS_NAME",
     "RUN_FILES",
     "SIGNATURE_NAME",
+    "STAGING_DIR",
     "TENSORBOARD_DIR",
     "adapter_dir_name",
+    "blob_key",
     "current_pointer",
     "done_marker_key",
+    "identity_key",
     "is_certified_path",
+    "live_key",
     "run_id_from_pointer",
     "run_prefix",
+    "staged_signature_key",
+    "staging_prefix",
     "weights_file_name",
     "weights_metadata_name",
 ]
@@ -42,11 +49,17 @@ LATEST_DIR = "oneseek-7b-zero"
 CURRENT_KEY = f"{CERTIFIED_DIR}/OneSeek-7B-Zero-CURRENT.txt"
 MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = "MANIFEST.json.sig"
-# Per-model "this model is finished and uploaded" records of an Indexed Job; not part of the
-# certified file set (MANIFEST lists them separately so verify can ignore them).
+# Runs certified before staging kept their scratch state in dot directories of the run
+# (``.done/`` markers, ``.live/`` progress); verify still ignores them there.
 DONE_DIR = ".done"
-# Progress of the indices while training (live_metrics.json per index); scratch, like .done.
 LIVE_DIR = ".live"
+# Scratch state of runs not yet finished, outside every run prefix so nothing ever writes
+# under a committed run: content-addressed blobs (``blobs/<sha256>``), done markers, the
+# input fingerprint, progress, and MANIFEST signatures by MANIFEST digest. Deleted once a
+# committed run is materialized, promoted and CURRENT is set.
+STAGING_DIR = f"{CERTIFIED_DIR}/.staging"
+# OpenSSF model signing (OMS) signature of a directory, inside the directory it signs.
+OMS_SIGNATURE_NAME = "model.sig"
 DEFAULT_MODEL_KEY = "unknown-model"
 
 DNA_NAME = "oneseek_dna.json"
@@ -83,9 +96,34 @@ def weights_metadata_name(version: str) -> str:
     return f"oneseek-7b-zero-v{version}.json"
 
 
+def staging_prefix(run_id: str) -> str:
+    """``oneseek-certified/.staging/<run_id>/``: the run's scratch state until it is finished."""
+    return f"{STAGING_DIR}/{run_id}/"
+
+
+def blob_key(run_id: str, sha256: str) -> str:
+    """Where a file of the run waits, named by its content, until the run is materialized."""
+    return f"{staging_prefix(run_id)}blobs/{sha256}"
+
+
 def done_marker_key(run_id: str, key: str) -> str:
-    """Store key of one model's done marker inside the run."""
-    return f"{run_prefix(run_id)}{DONE_DIR}/{key}.json"
+    """Store key of one model's done marker (in the run's staging)."""
+    return f"{staging_prefix(run_id)}done/{key}.json"
+
+
+def identity_key(run_id: str) -> str:
+    """Store key of the run's input fingerprint, claimed by the first process of the run."""
+    return f"{staging_prefix(run_id)}identity.json"
+
+
+def live_key(run_id: str, name: str) -> str:
+    """Store key of one process's live_metrics.json while the run trains."""
+    return f"{staging_prefix(run_id)}live/{name}.json"
+
+
+def staged_signature_key(run_id: str, manifest_sha256: str) -> str:
+    """Where the signature of one MANIFEST.json candidate waits (named by its digest)."""
+    return f"{staging_prefix(run_id)}signatures/{manifest_sha256}.sig"
 
 
 def is_certified_path(relative: str) -> bool:

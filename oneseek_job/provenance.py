@@ -17,10 +17,12 @@ What each piece proves, and the exact bytes it covers:
   ``head_hash`` is the SHA-256 of the last entry, so removing, reordering or editing any entry
   (the last one included) breaks the chain. The hashes alone can be recomputed by anyone;
   the signatures below are what a forger cannot redo.
-- **Signature**: ed25519 over the exact bytes of MANIFEST.json (itself canonical JSON listing
-  every file's size and SHA-256), stored as ``MANIFEST.json.sig`` with the public key and its
-  fingerprint (SHA-256 of the 32 raw public key bytes). Ed25519 is deterministic, so two
-  racing certifiers produce identical signatures.
+- **Signature**: ECDSA P-256 (deterministic, RFC 6979) over the exact bytes of MANIFEST.json
+  (itself canonical JSON listing every file's size and SHA-256), stored as
+  ``MANIFEST.json.sig`` with the public key (DER SubjectPublicKeyInfo) and its fingerprint
+  (SHA-256 of those bytes). Runs certified before used ed25519 (fingerprint over the 32 raw
+  public key bytes); both verify. OpenSSF model signing (OMS) signatures of every adapter
+  and run directory are made in ``oms``.
 
 This module never imports torch: ``verify`` must start fast and run anywhere.
 """
@@ -32,14 +34,15 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from oneseek_job import layout
@@ -51,8 +54,9 @@ from oneseek_job.safefile import read_regular_file
 
 __all__ = [
     "GENESIS_HASH",
-    "SIGNATURE_ALGORITHM",
     "DnaParts",
+    "PublicKey",
+    "SigningKey",
     "canonical_json",
     "chain_entries",
     "check_ledger_chain",
@@ -64,18 +68,20 @@ __all__ = [
     "immutable_hash",
     "load_private_key",
     "load_public_key",
+    "model_fingerprint",
     "model_input_files",
     "parse_dna",
     "public_key_b64",
     "public_key_fingerprint",
+    "public_pem",
     "sign",
     "sign_detached",
+    "signature_algorithm",
     "verify_detached",
     "weights_digest",
 ]
 
 GENESIS_HASH = "0" * 64
-SIGNATURE_ALGORITHM = "ed25519"
 # Files of a model directory that decide what the model computes: config, tokenizer and weights.
 _INPUT_SUFFIXES = (".json", ".safetensors", ".bin", ".pth", ".pt", ".model", ".txt")
 _DNA_RE = re.compile(
@@ -297,46 +303,69 @@ def check_ledger_chain(entries: list[Mapping[str, Any]], head_hash: str | None) 
 
 # --------------------------------------------------------------------------- keys and signatures
 
+# What `oneseek-job keygen` writes and OpenSSF model signing accepts: ECDSA P-256. Runs
+# signed before OMS signing used ed25519 keys; those still load and verify.
+SigningKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+_CURVES = {"secp256r1": "p256", "secp384r1": "p384", "secp521r1": "p521"}
+_HASH_FOR: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "secp256r1": hashes.SHA256,
+    "secp384r1": hashes.SHA384,
+    "secp521r1": hashes.SHA512,
+}
+_KEY_HINT = "create one with `oneseek-job keygen` and mount it via ONESEEK_SIGNING_KEY_FILE"
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Read an ed25519 private key (PEM, unencrypted: the Secret mount is the protection).
+
+def load_private_key(path: Path) -> SigningKey:
+    """Read a signing key: ECDSA P-256/384/521 (PEM PKCS#8 or SEC1) or a legacy ed25519 key.
+
+    Unencrypted: the Secret mount is the protection.
 
     Raises:
         InputError: missing, unreadable, not a regular file (FIFO, device) or too large.
-        ConfigError: not an ed25519 private key.
+        ConfigError: encrypted, or not one of those key types.
     """
-    hint = "create one with `oneseek-job keygen` and mount it via ONESEEK_SIGNING_KEY_FILE"
     # Never a blocking open: a FIFO or a device here must fail, not hang the job.
     data, _mode = read_regular_file(Path(path), what="signing key", limit=64 * 1024)
     register_secret(data.decode("utf-8", "replace").strip())
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"signing key {path} is not an unencrypted PEM key: {hint}") from error
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"signing key {path} is not an ed25519 key: {hint}")
-    return key
+        raise ConfigError(
+            f"signing key {path} is not an unencrypted PEM key: {_KEY_HINT}"
+        ) from error
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _CURVES:
+        return key
+    if isinstance(key, Ed25519PrivateKey):
+        return key
+    raise ConfigError(
+        f"signing key {path} is not an ECDSA P-256/384/521 (or legacy ed25519) key: {_KEY_HINT}"
+    )
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Read an ed25519 public key (PEM, as ``oneseek-job keygen`` writes it).
+def load_public_key(path: Path) -> PublicKey:
+    """Read a public key (PEM SubjectPublicKeyInfo, as ``oneseek-job keygen`` writes it).
 
     Raises:
         InputError: missing, unreadable, not a regular file (FIFO, device) or too large.
-        ConfigError: not an ed25519 public key.
+        ConfigError: not an ECDSA or ed25519 public key.
     """
     data, _mode = read_regular_file(Path(path), what="public key", limit=64 * 1024)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"public key {path} is not a PEM public key") from error
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"public key {path} is not an ed25519 key")
-    return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _CURVES:
+        return key
+    if isinstance(key, Ed25519PublicKey):
+        return key
+    raise ConfigError(f"public key {path} is not an ECDSA P-256/384/521 or ed25519 key")
 
 
 def generate_keypair(out_dir: Path, *, name: str = "oneseek-signing") -> tuple[Path, Path]:
-    """Write a new ed25519 key pair: ``<name>.key`` (PEM PKCS#8, mode 0600) and ``<name>.pub``.
+    """Write a new ECDSA P-256 key pair: ``<name>.key`` (PEM PKCS#8, mode 0600), ``<name>.pub``.
+
+    P-256 because the OpenSSF model signing key signer takes elliptic-curve keys only.
 
     Args:
         out_dir: created if missing.
@@ -351,7 +380,7 @@ def generate_keypair(out_dir: Path, *, name: str = "oneseek-signing") -> tuple[P
     for existing in (private_path, public_path):
         if existing.exists():
             raise InputError(f"{existing} already exists; remove it or pick another --name")
-    key = Ed25519PrivateKey.generate()
+    key = ec.generate_private_key(ec.SECP256R1())
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -359,59 +388,112 @@ def generate_keypair(out_dir: Path, *, name: str = "oneseek-signing") -> tuple[P
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_pem)
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    public_path.write_bytes(public_pem(key))
     return private_path, public_path
 
 
-def _raw_public(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def _public(key: SigningKey | PublicKey) -> PublicKey:
+    if isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        return key.public_key()
+    return key
 
 
-def public_key_fingerprint(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
-    """SHA-256 (hex) of the 32 raw public key bytes."""
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return sha256_bytes(_raw_public(public))
+def public_pem(key: SigningKey | PublicKey) -> bytes:
+    """The public key as PEM SubjectPublicKeyInfo (what ``model_signing`` verifiers read)."""
+    return _public(key).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
-def public_key_b64(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
-    """Base64 of the 32 raw public key bytes."""
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return base64.b64encode(_raw_public(public)).decode("ascii")
+def _public_bytes(key: SigningKey | PublicKey) -> bytes:
+    # ed25519: the 32 raw bytes (the format runs were signed with); ECDSA: DER SPKI.
+    public = _public(key)
+    if isinstance(public, Ed25519PublicKey):
+        return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
-def sign_detached(data: bytes, key: Ed25519PrivateKey) -> str:
-    """Base64 ed25519 signature of ``data``."""
-    return base64.b64encode(key.sign(data)).decode("ascii")
+def signature_algorithm(key: SigningKey | PublicKey) -> str:
+    """``ed25519`` or ``ecdsa-<curve>-sha<bits>`` (e.g. ``ecdsa-p256-sha256``)."""
+    public = _public(key)
+    if isinstance(public, Ed25519PublicKey):
+        return "ed25519"
+    return f"ecdsa-{_CURVES[public.curve.name]}-{_HASH_FOR[public.curve.name]().name}"
+
+
+def public_key_fingerprint(key: SigningKey | PublicKey) -> str:
+    """SHA-256 (hex) of the public key bytes (ed25519: 32 raw bytes; ECDSA: DER SPKI)."""
+    return sha256_bytes(_public_bytes(key))
+
+
+def public_key_b64(key: SigningKey | PublicKey) -> str:
+    """Base64 of the public key bytes (ed25519: 32 raw bytes; ECDSA: DER SPKI)."""
+    return base64.b64encode(_public_bytes(key)).decode("ascii")
+
+
+def sign_detached(data: bytes, key: SigningKey) -> str:
+    """Base64 signature of ``data``: ed25519, or deterministic ECDSA (RFC 6979).
+
+    Deterministic either way, so two certifiers with one key produce identical bytes.
+    """
+    if isinstance(key, Ed25519PrivateKey):
+        return base64.b64encode(key.sign(data)).decode("ascii")
+    algorithm = ec.ECDSA(_HASH_FOR[key.curve.name](), deterministic_signing=True)
+    return base64.b64encode(key.sign(data, algorithm)).decode("ascii")
 
 
 def verify_detached(data: bytes, signature_b64: str, public_key_b64_: str) -> bool:
-    """True when ``signature_b64`` is a valid ed25519 signature of ``data`` by that key."""
+    """True when ``signature_b64`` is a valid signature of ``data`` by that key (either type)."""
     try:
-        public = Ed25519PublicKey.from_public_bytes(
-            base64.b64decode(public_key_b64_, validate=True)
-        )
-        public.verify(base64.b64decode(signature_b64, validate=True), data)
-    except (InvalidSignature, ValueError):
+        raw = base64.b64decode(public_key_b64_, validate=True)
+        signature = base64.b64decode(signature_b64, validate=True)
+        if len(raw) == 32:
+            Ed25519PublicKey.from_public_bytes(raw).verify(signature, data)
+            return True
+        public = serialization.load_der_public_key(raw)
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name not in _CURVES:
+            return False
+        public.verify(signature, data, ec.ECDSA(_HASH_FOR[public.curve.name]()))
+    except (InvalidSignature, ValueError, TypeError):
         return False
     return True
 
 
-def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> bytes:
-    """The MANIFEST.json.sig content: ed25519 signature of the exact MANIFEST.json bytes.
+def sign(manifest_bytes: bytes, key: SigningKey) -> bytes:
+    """The MANIFEST.json.sig content: a signature of the exact MANIFEST.json bytes.
 
     Args:
-        manifest_bytes: what :func:`build_manifest` returned (and what is uploaded).
+        manifest_bytes: the MANIFEST.json bytes as uploaded.
         key: the signing key.
     """
     document = SignatureFile(
-        algorithm=SIGNATURE_ALGORITHM,
+        algorithm=signature_algorithm(key),
         signed_file=layout.MANIFEST_NAME,
         public_key_fingerprint=public_key_fingerprint(key),
         public_key=public_key_b64(key),
         signature=sign_detached(manifest_bytes, key),
     )
     return json.dumps(document.model_dump(), indent=2).encode() + b"\n"
+
+
+def model_fingerprint(
+    key: str, weight_digests: Mapping[str, str], inputs: Mapping[str, Any]
+) -> str:
+    """SHA-256 (hex) of what decides one model's adapter: its key, its base model files'
+    digests, and the run-wide inputs (dataset digest, hyper-parameters, version, language).
+
+    Equal fingerprints mean a retrained adapter would come from the same inputs, so a
+    finished one can be carried over.
+
+    Args:
+        key: the model key.
+        weight_digests: file name → SHA-256 of the base model's files (hash_model_inputs).
+        inputs: the run-wide part (``RunInputs.model_dump()``; its ``models`` list is
+            ignored so adding another model to the run does not change this one's print).
+    """
+    shared = {k: v for k, v in inputs.items() if k != "models"}
+    return sha256_bytes(
+        canonical_json({"key": key, "weights": dict(sorted(weight_digests.items())), **shared})
+    )

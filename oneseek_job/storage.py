@@ -12,12 +12,17 @@ Guarantees both stores give:
 - ``head`` returns the whole object's SHA-256 (S3: our ``x-amz-meta-sha256``, checked after
   upload against the server's composite part checksum), so ``put_file`` skips an object
   already stored with the same content and a re-run after a crash uploads only what is missing.
-- ``put_bytes(..., if_none_match=True)`` lets exactly one of several racing writers win.
+- ``put_bytes(..., if_none_match=True)`` lets exactly one of several racing writers win. An S3
+  server's support for it (and for checksum validation) is probed once per bucket, not
+  assumed (:class:`Capabilities`); where checksums are not validated, every upload is read
+  back and re-hashed.
+- ``LocalStore`` never follows a symlink below its root, for reading or writing.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import hashlib
 import ipaddress
@@ -25,16 +30,24 @@ import os
 import re
 import secrets
 import socket
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from oneseek_job.digests import sha256_bytes, sha256_file
-from oneseek_job.errors import ConfigError, InputError, StorageError, TransientError
+from oneseek_job.errors import (
+    ConfigError,
+    InputError,
+    IntegrityError,
+    StorageError,
+    TransientError,
+    UnsafePathError,
+)
 from oneseek_job.logs import get_logger, redact_text, register_secret
 
 if TYPE_CHECKING:
@@ -42,15 +55,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyExists",
+    "Capabilities",
     "LocalStore",
     "ObjectInfo",
     "PutResult",
     "S3Store",
     "Store",
     "check_writable",
+    "checksum_matches",
     "open_store",
     "parse_s3_uri",
     "store_from_settings",
+    "upload_files",
     "upload_tree",
 ]
 
@@ -102,6 +118,14 @@ class AlreadyExists(Exception):  # noqa: N818 - mirrors S3's PreconditionFailed
     """A conditional put found the key already present."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store's server was seen to enforce (probed once per bucket per process)."""
+
+    conditional_put: bool  # If-None-Match: * on an existing key is refused (412)
+    checksum_validation: bool  # a body that does not match its SHA-256 checksum is refused
+
+
 class Store(Protocol):
     """The one storage abstraction; every artifact goes through it."""
 
@@ -131,8 +155,18 @@ class Store(Protocol):
         """Every object whose key starts with ``prefix``, sorted by key."""
         ...
 
-    def copy(self, src: str, dst: str) -> None:
-        """Server-side copy (S3 CopyObject; local: hard link or copy + rename)."""
+    def copy(self, src: str, dst: str, *, if_none_match: bool = False) -> None:
+        """Server-side copy (S3 CopyObject; local: hard link or copy + rename); with
+        ``if_none_match`` raise AlreadyExists if ``dst`` exists."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove an object (absent is fine)."""
+        ...
+
+    def cleanup(self, prefix: str) -> int:
+        """Remove leftovers of killed writers under ``prefix`` (temp files, unfinished
+        multipart uploads); returns how many."""
         ...
 
 
@@ -227,7 +261,17 @@ class LocalStore:
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        """The file of ``key``; refuses a path through a symlink (read or write)."""
+        path = self.root / _check_key(key)
+        current = self.root
+        for part in Path(key).parts:
+            current = current / part
+            if current.is_symlink():
+                raise UnsafePathError(
+                    f"{self.uri}/{key}: {current.relative_to(self.root)} is a symlink; "
+                    "the store never follows symlinks"
+                )
+        return path
 
     def _temp_for(self, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -296,9 +340,14 @@ class LocalStore:
     def get_bytes(self, key: str) -> bytes:
         """Read a whole object; FileNotFoundError if missing."""
         path = self._path(key)
-        if not path.is_file():
-            raise FileNotFoundError(f"{self.uri}/{key}")
-        return path.read_bytes()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise FileNotFoundError(f"{self.uri}/{key}") from None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise FileNotFoundError(f"{self.uri}/{key}")
+            return handle.read()
 
     def download_file(self, key: str, path: Path) -> None:
         """Copy an object to a local file (atomically at the destination)."""
@@ -324,13 +373,13 @@ class LocalStore:
         _check_prefix(prefix)
         # Walk only the deepest directory the prefix names, then filter by the full prefix.
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / base_dir if base_dir else self.root
+        start = self._path(base_dir) if base_dir else self.root
         if not start.is_dir():
             return
         keys: list[str] = []
-        for dirpath, _dirs, files in os.walk(start):
+        for dirpath, _dirs, files in os.walk(start):  # does not descend into symlinked dirs
             for name in files:
-                if _is_temp_name(name):
+                if _is_temp_name(name) or (Path(dirpath) / name).is_symlink():
                     continue
                 key = (Path(dirpath) / name).relative_to(self.root).as_posix()
                 if key.startswith(prefix):
@@ -340,8 +389,8 @@ class LocalStore:
             if info is not None:
                 yield info
 
-    def copy(self, src: str, dst: str) -> None:
-        """Hard link (or copy) into a temp name, then rename over ``dst`` atomically."""
+    def copy(self, src: str, dst: str, *, if_none_match: bool = False) -> None:
+        """Hard link (or copy) into a temp name, then rename (or link) to ``dst`` atomically."""
         source, target = self._path(src), self._path(dst)
         if not source.is_file():
             raise FileNotFoundError(f"{self.uri}/{src}")
@@ -352,9 +401,45 @@ class LocalStore:
                 os.link(source, tmp)
             except OSError:
                 tmp = self._write_temp(target, source)
-            self._publish(tmp, target, exclusive=False)
+            self._publish(tmp, target, exclusive=if_none_match)
         except OSError as error:
             raise StorageError(f"cannot copy {src} to {dst}: {error.strerror or error}") from error
+
+    def delete(self, key: str) -> None:
+        """Remove an object (absent is fine); never follows a symlink."""
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise StorageError(f"cannot delete {path}: {error.strerror or error}") from error
+
+    def cleanup(self, prefix: str) -> int:
+        """Remove temp files of killed writers and empty directories under ``prefix``."""
+        _check_prefix(prefix)
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self._path(base_dir) if base_dir else self.root
+        if not start.is_dir():
+            return 0
+        removed = 0
+        for dirpath, _dirs, files in os.walk(start, topdown=False):
+            directory = Path(dirpath)
+            for name in files:
+                key = (directory / name).relative_to(self.root).as_posix()
+                if _is_temp_name(name) and key.startswith(prefix):
+                    (directory / name).unlink(missing_ok=True)
+                    removed += 1
+            inside = directory.relative_to(self.root).as_posix().startswith(prefix.rstrip("/"))
+            if directory != self.root and inside:
+                with contextlib.suppress(OSError):  # only empty directories go
+                    directory.rmdir()
+        return removed
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A local directory: link() makes conditional writes exact; no transit to damage."""
+        return Capabilities(conditional_put=True, checksum_validation=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,6 +507,41 @@ _CREDENTIAL_CODES = {
 }
 
 
+# S3 error codes of a request the server refused (probe answers).
+_REFUSED_CODES = {
+    "PreconditionFailed",
+    "BadDigest",
+    "InvalidDigest",
+    "XAmzContentSHA256Mismatch",
+    "InvalidRequest",
+    "ConditionalRequestConflict",
+}
+_PROBED: dict[tuple[str, str], Capabilities] = {}
+_PROBE_LOCK = threading.Lock()
+
+
+def checksum_matches(stored: str, sha256_hex: str, composite: str) -> bool:
+    """Whether an S3 ``ChecksumSHA256`` value is one of the forms AWS documents for our bytes.
+
+    Accepted: the full-object checksum (base64 of the whole file's SHA-256), and the
+    composite checksum of the parts (base64 of the SHA-256 over the part digests) with or
+    without the ``-<parts>`` suffix (moto omits it). Compared by value, never as a string.
+
+    Args:
+        stored: what the server reported.
+        sha256_hex: the whole file's SHA-256 (hex).
+        composite: our composite for the part size used, ``<base64>-<parts>``.
+    """
+    value = stored.strip().split("-", 1)[0]
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    whole = bytes.fromhex(sha256_hex)
+    parts = base64.b64decode(composite.split("-", 1)[0])
+    return raw in (whole, parts)
+
+
 class S3Store:
     """An S3 bucket + prefix as a store (AWS, MinIO, SeaweedFS, Ceph RGW).
 
@@ -435,6 +555,8 @@ class S3Store:
         multipart_threshold: files at least this big are uploaded in parts.
         copy_threshold: objects at least this big are copied with a multipart (managed) copy;
             CopyObject itself is limited to 5 GiB.
+        allow_unconditional_writes: where the server ignores If-None-Match, fall back to a
+            check-then-write instead of refusing (ONESEEK_ALLOW_UNCONDITIONAL_WRITES).
     """
 
     def __init__(
@@ -447,6 +569,7 @@ class S3Store:
         concurrency: int = DEFAULT_CONCURRENCY,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         copy_threshold: int = _COPY_OBJECT_LIMIT,
+        allow_unconditional_writes: bool = False,
     ) -> None:
         from boto3.s3.transfer import TransferConfig
 
@@ -468,6 +591,7 @@ class S3Store:
         )
         self._manager: Any = None
         self._manager_lock = threading.Lock()
+        self.allow_unconditional_writes = allow_unconditional_writes
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -509,6 +633,65 @@ class S3Store:
 
         return int(ChunksizeAdjuster().adjust_chunksize(self.part_size, size))
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this bucket's server enforces: probed on first use, once per process."""
+        cache_key = (str(self.client.meta.endpoint_url), self.bucket)
+        with _PROBE_LOCK:
+            known = _PROBED.get(cache_key)
+            if known is None:
+                known = self._probe()
+                _PROBED[cache_key] = known
+                log.info(
+                    "s3_capabilities",
+                    tag="upload",
+                    bucket=self.bucket,
+                    conditional_put=known.conditional_put,
+                    checksum_validation=known.checksum_validation,
+                )
+        return known
+
+    def _probe(self) -> Capabilities:
+        """Two writes under ``<prefix>.oneseek-probe/``, deleted afterwards."""
+        base = f"{self.prefix}.oneseek-probe/{secrets.token_hex(8)}"
+        body = b"oneseek capability probe\n"
+
+        def put(key: str, **extra: Any) -> bool:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+            except Exception as error:
+                code, status = _error_code(error)
+                if status in {400, 409, 412} or code in _REFUSED_CODES:
+                    return False
+                raise _translate(error, "probe", self.uri) from None
+            return True
+
+        try:
+            put(f"{base}-conditional")
+            conditional = not put(f"{base}-conditional", IfNoneMatch="*")
+            wrong = base64.b64encode(hashlib.sha256(b"not the body").digest()).decode()
+            validated = not put(f"{base}-checksum", ChecksumSHA256=wrong)
+        finally:
+            for suffix in ("-conditional", "-checksum"):
+                with contextlib.suppress(Exception):
+                    self.client.delete_object(Bucket=self.bucket, Key=base + suffix)
+        return Capabilities(conditional_put=conditional, checksum_validation=validated)
+
+    def require_conditional_writes(self) -> None:
+        """Refuse (exit 2) a server that ignores If-None-Match, unless opted out.
+
+        Raises:
+            ConfigError: conditional puts are not enforced and no opt-out is set.
+        """
+        if self.capabilities.conditional_put or self.allow_unconditional_writes:
+            return
+        raise ConfigError(
+            f"the S3 server behind {self.uri} ignores If-None-Match (probed: a second "
+            "conditional put of one key succeeded), so two certifiers could both commit; use "
+            "a server that enforces it, or set ONESEEK_ALLOW_UNCONDITIONAL_WRITES=true if only "
+            "one certifier ever runs per RUN_ID (see docs/operations.md)"
+        )
+
     # -- Store ---------------------------------------------------------------------------
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -533,6 +716,10 @@ class S3Store:
         checksum = response.get("ChecksumSHA256") or ""
         if checksum and "-" not in checksum and response.get("ChecksumType") != "COMPOSITE":
             return base64.b64decode(checksum).hex()
+        return self._content_sha256(key)
+
+    def _content_sha256(self, key: str) -> str:
+        """SHA-256 of the stored bytes, read back now (never metadata)."""
         body = self._call(
             "read",
             key,
@@ -543,6 +730,29 @@ class S3Store:
             digest.update(chunk)
         return digest.hexdigest()
 
+    def _stored_matches(self, key: str, size: int, sha: str, composite: str) -> bool:
+        """Whether the object at ``key`` holds exactly these bytes, by a real digest check.
+
+        The server's own checksum counts only where the server was seen to validate
+        checksums (it then computed it from the bytes it received); otherwise the object is
+        read back and hashed. Metadata alone (``x-amz-meta-sha256``) is never trusted.
+        """
+        try:
+            response = self.client.head_object(
+                Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
+            )
+        except Exception as error:
+            code, status = _error_code(error)
+            if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise _translate(error, "head", self._where(key)) from None
+        if int(response["ContentLength"]) != size:
+            return False
+        stored = response.get("ChecksumSHA256")
+        if stored and self.capabilities.checksum_validation:
+            return checksum_matches(stored, sha, composite)
+        return self._content_sha256(key) == sha
+
     def upload(self, key: str, path: Path) -> PutResult:
         """Like :meth:`put_file`, also saying whether the upload was skipped."""
         started = time.perf_counter()
@@ -551,23 +761,27 @@ class S3Store:
         multipart = size >= self.multipart_threshold
         part_size = self.part_size_for(size) if multipart else max(size, 1)
         sha, composite = _file_digests(path, part_size)
-        existing = self.head(key)
-        if existing is not None and existing.sha256 == sha and existing.size == size:
-            return PutResult(existing, True, time.perf_counter() - started)
+        if self._stored_matches(key, size, sha, composite):
+            return PutResult(ObjectInfo(key, size, sha), True, time.perf_counter() - started)
         extra = {"Metadata": {"sha256": sha}, "ChecksumAlgorithm": "SHA256"}
         if multipart:
             future = self._transfer_manager().upload(str(path), self.bucket, full, extra_args=extra)
             self._call("upload", key, future.result)
-            self._verify_multipart(key, size, sha, composite)
         else:
             data = path.read_bytes()
             if sha256_bytes(data) != sha:
                 raise StorageError(f"{path} changed while being uploaded; re-run the upload")
             self._put(key, data, sha, if_none_match=False)
+        self._verify_stored(key, size, sha, composite)
         return PutResult(ObjectInfo(key, size, sha), False, time.perf_counter() - started)
 
-    def _verify_multipart(self, key: str, size: int, sha: str, composite: str) -> None:
-        """Check the stored object against what we hashed; delete it if it does not match."""
+    def _verify_stored(self, key: str, size: int, sha: str, composite: str) -> None:
+        """Check the stored object against what we hashed; delete it if it does not match.
+
+        Where the server validates checksums its reported checksum is compared by value
+        (composite with or without ``-N``, or full-object); otherwise the object is read back
+        and re-hashed.
+        """
         response = self._call(
             "verify",
             key,
@@ -581,17 +795,18 @@ class S3Store:
             problems.append(f"size {response['ContentLength']} != {size}")
         if (response.get("Metadata") or {}).get("sha256") != sha:
             problems.append("sha256 metadata differs")
-        # Servers that do not keep checksums return none; size and metadata are then all we
-        # can check (each part's checksum was still verified on upload).
-        if stored and stored != composite:
-            problems.append(f"composite checksum {stored} != {composite}")
+        if stored and not checksum_matches(stored, sha, composite):
+            problems.append(f"checksum {stored} matches neither {composite} nor the whole file")
+        trusted = bool(stored) and self.capabilities.checksum_validation
+        if not problems and not trusted and self._content_sha256(key) != sha:
+            problems.append("content read back does not hash to the uploaded sha256")
         if problems:
             self._call(
                 "delete",
                 key,
                 lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)),
             )
-            raise StorageError(
+            raise IntegrityError(
                 f"uploaded {self._where(key)} does not match the local file "
                 f"({'; '.join(problems)}); deleted it, re-run the upload"
             )
@@ -611,6 +826,11 @@ class S3Store:
         }
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
+            if not self.capabilities.conditional_put:
+                self.require_conditional_writes()  # refuses unless opted out
+                # Opted out: the best a server without conditional puts allows.
+                if self.head(key) is not None:
+                    raise AlreadyExists(self._where(key))
         for attempt in range(5):
             try:
                 self.client.put_object(**kwargs)
@@ -627,9 +847,19 @@ class S3Store:
                 raise _translate(error, "write", self._where(key)) from None
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> ObjectInfo:
-        """Write bytes; with ``if_none_match`` raise AlreadyExists if the key exists."""
+        """Write bytes; with ``if_none_match`` raise AlreadyExists if the key exists.
+
+        Where the server does not validate checksums, the object is read back and compared.
+        """
         sha = sha256_bytes(data)
         self._put(key, data, sha, if_none_match=if_none_match)
+        if not self.capabilities.checksum_validation and self._content_sha256(key) != sha:
+            if not if_none_match:
+                self.delete(key)
+            raise IntegrityError(
+                f"{self._where(key)} read back does not match what was written (damaged in "
+                "transit); re-run"
+            )
         return ObjectInfo(key, len(data), sha)
 
     def get_bytes(self, key: str) -> bytes:
@@ -644,7 +874,7 @@ class S3Store:
             raise _translate(error, "read", self._where(key)) from None
         expected = (response.get("Metadata") or {}).get("sha256")
         if expected and sha256_bytes(data) != expected:
-            raise StorageError(f"{self._where(key)} content does not match its sha256; re-read")
+            raise IntegrityError(f"{self._where(key)} content does not match its recorded sha256")
         return data
 
     def download_file(self, key: str, path: Path) -> None:
@@ -659,7 +889,7 @@ class S3Store:
             future = self._transfer_manager().download(self.bucket, self._key(key), str(tmp))
             self._call("download", key, future.result)
             if sha256_file(tmp) != info.sha256:
-                raise StorageError(f"{self._where(key)} downloaded content does not match sha256")
+                raise IntegrityError(f"{self._where(key)} content does not match its sha256")
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -684,12 +914,19 @@ class S3Store:
             if info is not None:
                 yield info
 
-    def copy(self, src: str, dst: str) -> None:
-        """Server-side copy keeping the sha256 metadata; skipped if ``dst`` already matches."""
+    def copy(self, src: str, dst: str, *, if_none_match: bool = False) -> None:
+        """Server-side copy keeping the sha256 metadata; skipped if ``dst`` already matches.
+
+        With ``if_none_match`` an existing ``dst`` raises AlreadyExists. CopyObject honours
+        no If-None-Match on the servers we test (moto ignores it), so this is a check, then
+        the copy: callers use it only where every racing writer copies the same bytes.
+        """
         source = self.head(src)
         if source is None:
             raise FileNotFoundError(self._where(src))
         target = self.head(dst)
+        if target is not None and if_none_match:
+            raise AlreadyExists(self._where(dst))
         if target is not None and target.sha256 == source.sha256:
             return
         copy_source = {"Bucket": self.bucket, "Key": self._key(src)}
@@ -718,7 +955,31 @@ class S3Store:
             self._call("copy", dst, future.result)
         copied = self.head(dst)
         if copied is None or copied.sha256 != source.sha256 or copied.size != source.size:
-            raise StorageError(f"server-side copy to {self._where(dst)} did not verify; re-run")
+            raise IntegrityError(f"server-side copy to {self._where(dst)} did not verify; re-run")
+
+    def delete(self, key: str) -> None:
+        """Remove an object (absent is fine)."""
+        self._call(
+            "delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        )
+
+    def cleanup(self, prefix: str) -> int:
+        """Abort unfinished multipart uploads under ``prefix`` (parts of killed uploads)."""
+        _check_prefix(prefix)
+        full_prefix = self.prefix + prefix
+
+        def abort_all() -> int:
+            aborted = 0
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+            return aborted
+
+        return self._call("cleanup", prefix or None, abort_all)
 
 
 def _translate(error: Exception, what: str, where: str) -> Exception:
@@ -786,6 +1047,7 @@ def open_store(
     part_size: int = DEFAULT_PART_SIZE,
     concurrency: int = DEFAULT_CONCURRENCY,
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+    allow_unconditional_writes: bool = False,
 ) -> Store:
     """``s3://bucket/prefix`` → S3Store (checked: reachable, credentials, bucket), else LocalStore.
 
@@ -831,21 +1093,27 @@ def open_store(
         part_size=part_size,
         concurrency=concurrency,
         multipart_threshold=multipart_threshold,
+        allow_unconditional_writes=allow_unconditional_writes,
     )
     _check_bucket(store, create_bucket=create_bucket, region=region)
     return store
 
 
 def check_writable(store: Store) -> None:
-    """Fail before training when a local artifacts directory cannot be written.
+    """Fail before training when the store cannot be written safely.
 
     S3 stores are already checked for reachability, credentials and the bucket by
-    :func:`open_store`; a local directory (a read-only volume, a path under a file) would
-    otherwise only fail at upload time, after the GPU hours are spent.
+    :func:`open_store`; here their server is probed (once per bucket) for conditional puts
+    and checksum validation. A local directory (a read-only volume, a path under a file)
+    would otherwise only fail at upload time, after the GPU hours are spent.
 
     Raises:
-        ConfigError: the directory cannot be created or written (retrying cannot help).
+        ConfigError: the directory cannot be created or written, or the S3 server ignores
+            If-None-Match and ONESEEK_ALLOW_UNCONDITIONAL_WRITES is not set.
     """
+    if isinstance(store, S3Store):
+        store.require_conditional_writes()  # probes the bucket once
+        return
     if not isinstance(store, LocalStore):
         return
     try:
@@ -871,6 +1139,7 @@ def store_from_settings(settings: JobSettings) -> Store:
         access_key_id=key_id.get_secret_value() if key_id else None,
         secret_access_key=secret.get_secret_value() if secret else None,
         create_bucket=settings.create_bucket,
+        allow_unconditional_writes=settings.allow_unconditional_writes,
     )
 
 
@@ -977,12 +1246,9 @@ def upload_tree(
 ) -> list[ObjectInfo]:
     """Upload every file under ``local_dir`` to ``prefix`` + relative path, skipping identical ones.
 
-    Files go up in parallel (the S3 store's part concurrency is shared, not multiplied).
-    Logs one ``upload`` event per file (bytes, seconds, MB/s, skipped) and a summary.
-
     Args:
         store: destination.
-        local_dir: directory to upload (symlinks to files are followed).
+        local_dir: directory to upload (symlinks are not followed: they are skipped).
         prefix: key prefix, '' or ending in '/'.
         workers: files in flight at once.
 
@@ -993,17 +1259,37 @@ def upload_tree(
         InputError: ``local_dir`` is not a directory.
         StorageError / ConfigError: from the store.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     _check_prefix(prefix)
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
         raise InputError(f"{local_dir} is not a directory; nothing to upload")
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and not _is_temp_name(p.name))
+    files = {
+        prefix + p.relative_to(local_dir).as_posix(): p
+        for p in sorted(local_dir.rglob("*"))
+        if p.is_file() and not p.is_symlink() and not _is_temp_name(p.name)
+    }
+    return upload_files(store, files, workers=workers)
+
+
+def upload_files(store: Store, files: Mapping[str, Path], *, workers: int = 4) -> list[ObjectInfo]:
+    """Upload local files to the given keys, in parallel, skipping identical objects.
+
+    Files go up in parallel (the S3 store's part concurrency is shared, not multiplied).
+    Logs one ``upload`` event per file (bytes, seconds, MB/s, skipped) and a summary.
+
+    Args:
+        store: destination.
+        files: store key → local file.
+        workers: files in flight at once.
+
+    Returns:
+        ObjectInfo of every file, sorted by key.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.perf_counter()
 
-    def one(path: Path) -> PutResult:
-        key = prefix + path.relative_to(local_dir).as_posix()
+    def one(key: str, path: Path) -> PutResult:
         if isinstance(store, _ReportingStore):
             result = store.upload(key, path)
         else:
@@ -1023,14 +1309,16 @@ def upload_tree(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # Each task runs in a copy of this thread's context, so run_id/model stay bound.
-        futures = [pool.submit(contextvars.copy_context().run, one, f) for f in files]
+        futures = [
+            pool.submit(contextvars.copy_context().run, one, key, path)
+            for key, path in sorted(files.items())
+        ]
         results = [future.result() for future in futures]
     sent = sum(r.info.size for r in results if not r.skipped)
     elapsed = time.perf_counter() - started
     log.info(
         "upload_done",
         tag="upload",
-        prefix=prefix,
         files=len(results),
         skipped=sum(r.skipped for r in results),
         bytes=sent,

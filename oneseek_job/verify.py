@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pydantic import ValidationError
 
-from oneseek_job import layout
+from oneseek_job import layout, oms
 from oneseek_job.digests import sha256_bytes, sha256_file
 from oneseek_job.documents import (
     INTOTO_PREDICATE_TYPE,
@@ -27,14 +27,15 @@ from oneseek_job.documents import (
     Manifest,
     SignatureFile,
 )
-from oneseek_job.errors import ConfigError, InputError
+from oneseek_job.errors import ConfigError, InputError, IntegrityError
 from oneseek_job.provenance import (
-    SIGNATURE_ALGORITHM,
+    PublicKey,
     canonical_json,
     check_ledger_chain,
     immutable_hash,
     parse_dna,
     public_key_fingerprint,
+    public_pem,
     verify_detached,
     weights_digest,
 )
@@ -128,16 +129,18 @@ def verify_run(
     store: Store,
     run_id: str,
     *,
-    public_key: Ed25519PublicKey | None,
+    public_key: PublicKey | None,
     allow_unsigned: bool = False,
 ) -> VerifyReport:
     """Re-check a committed run from its content; every failure is its own check.
 
     Checks: MANIFEST present; every listed file present with its size and SHA-256
     (re-hashed from content, streamed for big files); no unlisted file; signature over
-    MANIFEST.json (and the expected signer when ``public_key`` is given); ledger chain and
-    signature; DNA against the weights and dataset digests; run files agree with each other;
-    in-toto subjects equal the manifest.
+    MANIFEST.json (and the expected signer when ``public_key`` is given); OpenSSF model
+    signatures of the run and every adapter directory; ledger chain and signature; DNA
+    against the weights and dataset digests; run files agree with each other; in-toto
+    subjects equal the manifest. Symlinks are never followed and nothing outside the run
+    prefix is read (a LocalStore refuses both).
 
     Args:
         store: where the run lives.
@@ -163,7 +166,10 @@ def verify_run(
         report.add("manifest", True, f"{manifest.file_count} files, {manifest.total_size} bytes")
 
     contents = _check_files(store, prefix, manifest, report)
-    _check_signature(store, prefix, manifest, manifest_bytes, public_key, allow_unsigned, report)
+    signer = _check_signature(
+        store, prefix, manifest, manifest_bytes, public_key, allow_unsigned, report
+    )
+    _check_oms(contents, manifest, public_key or signer, allow_unsigned, report)
     ledger = _load_json(contents, "ledger_proof.json")
     _check_ledger(ledger, manifest, report)
     _check_dna(contents, manifest, ledger, report)
@@ -184,9 +190,15 @@ def _check_files(
     listed = {f.path: f for f in manifest.files if _safe_relative(f.path)}
     for bad in sorted(f.path for f in manifest.files if not _safe_relative(f.path)):
         report.add("files", False, f"{bad!r}: MANIFEST lists a path outside the run")
-    present = {
-        info.key[len(prefix) :]: info for info in store.list(prefix) if info.key.startswith(prefix)
-    }
+    try:
+        present = {
+            info.key[len(prefix) :]: info
+            for info in store.list(prefix)
+            if info.key.startswith(prefix)
+        }
+    except IntegrityError as error:  # e.g. the run directory itself is a symlink
+        report.add("files", False, f"cannot list the run: {error}")
+        return {}
     contents: dict[str, bytes] = {}
     problems: list[str] = []
     with (
@@ -200,7 +212,7 @@ def _check_files(
                 prefix + path,
                 present[path].size,
                 Path(tmp),
-                keep=path in (*_READ_BACK, _INTOTO_NAME),
+                keep=path in (*_READ_BACK, _INTOTO_NAME) or _is_oms(path),
             )
             for path in sorted(listed)
             if path in present
@@ -214,6 +226,9 @@ def _check_files(
                 digest, size, data = futures[path].result()
             except FileNotFoundError:
                 problems.append(f"{path}: listed in MANIFEST but missing (deleted)")
+                continue
+            except IntegrityError as error:  # a symlink, or bytes that changed in place
+                problems.append(f"{path}: {error}")
                 continue
             if size != expected.size:
                 problems.append(
@@ -240,13 +255,14 @@ def _check_signature(
     prefix: str,
     manifest: Manifest,
     manifest_bytes: bytes,
-    public_key: Ed25519PublicKey | None,
+    public_key: PublicKey | None,
     allow_unsigned: bool,
     report: VerifyReport,
-) -> None:
+) -> bytes | None:
+    """Check MANIFEST.json.sig; return the signer's public key (PEM) when it holds."""
     try:
         raw = store.get_bytes(prefix + layout.SIGNATURE_NAME)
-    except FileNotFoundError:
+    except (FileNotFoundError, IntegrityError):
         if manifest.signed:
             report.add(
                 "signature", False, "MANIFEST.json.sig missing but MANIFEST says the run is signed"
@@ -259,29 +275,37 @@ def _check_signature(
                 False,
                 "run is unsigned (no MANIFEST.json.sig); pass --allow-unsigned to accept it",
             )
-        return
+        return None
     try:
         signature = SignatureFile.model_validate_json(raw)
     except ValidationError:
         report.add("signature", False, "MANIFEST.json.sig is not a valid signature file")
-        return
-    if signature.algorithm != SIGNATURE_ALGORITHM:
+        return None
+    if signature.algorithm != "ed25519" and not signature.algorithm.startswith("ecdsa-"):
         report.add("signature", False, f"unsupported signature algorithm {signature.algorithm}")
-        return
+        return None
+    if manifest.signature_algorithm not in (None, signature.algorithm):
+        report.add(
+            "signature",
+            False,
+            f"MANIFEST names {manifest.signature_algorithm} but the signature is "
+            f"{signature.algorithm}",
+        )
+        return None
     if not verify_detached(manifest_bytes, signature.signature, signature.public_key):
         report.add(
             "signature",
             False,
             "signature does not match MANIFEST.json bytes (MANIFEST edited after signing)",
         )
-        return
+        return None
     try:
         embedded_fp = sha256_bytes(base64.b64decode(signature.public_key, validate=True))
     except ValueError:
         embedded_fp = ""
     if embedded_fp != signature.public_key_fingerprint:
         report.add("signature", False, "MANIFEST.json.sig fingerprint does not match its key")
-        return
+        return None
     if public_key is not None and embedded_fp != public_key_fingerprint(public_key):
         report.add(
             "signature",
@@ -289,7 +313,7 @@ def _check_signature(
             f"signature from another key: signed by {embedded_fp[:16]}…, expected "
             f"{public_key_fingerprint(public_key)[:16]}… (--public-key)",
         )
-        return
+        return None
     if manifest.signer_fingerprint != embedded_fp:
         report.add(
             "signature",
@@ -297,9 +321,80 @@ def _check_signature(
             f"MANIFEST names signer {str(manifest.signer_fingerprint)[:16]}… but the signature "
             f"is by {embedded_fp[:16]}… (re-signed with another key)",
         )
-        return
+        return None
     pinned = "matches --public-key" if public_key else "signer not pinned: pass --public-key"
-    report.add("signature", True, f"valid ed25519 signature by {embedded_fp[:16]}… ({pinned})")
+    report.add(
+        "signature",
+        True,
+        f"valid {signature.algorithm} signature by {embedded_fp[:16]}… ({pinned})",
+    )
+    if signature.algorithm == "ed25519":
+        return None  # OMS signatures need an ECDSA key
+    return public_pem(load_der_public_key(base64.b64decode(signature.public_key)))  # type: ignore[arg-type]
+
+
+def _is_oms(path: str) -> bool:
+    return path == layout.OMS_SIGNATURE_NAME or (
+        path.startswith("lora_adapters/") and path.endswith("/" + layout.OMS_SIGNATURE_NAME)
+    )
+
+
+def _check_oms(
+    contents: dict[str, bytes],
+    manifest: Manifest,
+    public_key: PublicKey | bytes | None,
+    allow_unsigned: bool,
+    report: VerifyReport,
+) -> None:
+    """OpenSSF model signatures of the run directory and of every adapter directory.
+
+    Each must be by the signer and list exactly the MANIFEST's files of its directory
+    (with their digests), minus the paths it says it ignores.
+    """
+    if manifest.format == "oneseek-manifest/v1":
+        report.add("oms", True, "run certified before OMS signing (v1 MANIFEST): not applicable")
+        return
+    if not manifest.signed:
+        report.add("oms", allow_unsigned, "run is unsigned: no OpenSSF model signatures")
+        return
+    if manifest.signature_algorithm == "ed25519":
+        report.add("oms", True, "signed with a legacy ed25519 key: OMS needs ECDSA (not made)")
+        return
+    if public_key is None:
+        report.add("oms", False, "no trusted public key to check the OMS signatures with")
+        return
+    pem = public_key if isinstance(public_key, bytes) else public_pem(public_key)
+    digests = {f.path: f.sha256 for f in manifest.files}
+    adapters = sorted(
+        {p.split("/", 2)[1] for p in digests if p.startswith("lora_adapters/") and p.count("/") > 1}
+    )
+    directories = [""] + [f"lora_adapters/{name}/" for name in adapters]
+    problems: list[str] = []
+    for directory in directories:
+        where = directory or "run directory"
+        data = contents.get(directory + layout.OMS_SIGNATURE_NAME)
+        if data is None:
+            problems.append(f"{where}: OMS signature missing or not verified")
+            continue
+        try:
+            signed, ignored = oms.verify_signature(data, pem)
+        except ValueError as error:
+            problems.append(f"{where}: OMS signature invalid ({str(error)[:120]})")
+            continue
+        expected = {
+            path.removeprefix(directory): sha
+            for path, sha in digests.items()
+            if path.startswith(directory) and path.removeprefix(directory) not in ignored
+        }
+        if signed != expected:
+            changed = sorted(
+                p for p in set(signed) | set(expected) if signed.get(p) != expected.get(p)
+            )
+            problems.append(f"{where}: OMS signature does not list {', '.join(changed[:3])}")
+    for problem in problems:
+        report.add("oms", False, problem)
+    if not problems:
+        report.add("oms", True, f"{len(directories)} OpenSSF model signatures valid")
 
 
 def _check_ledger(ledger: dict[str, Any] | None, manifest: Manifest, report: VerifyReport) -> None:
@@ -467,7 +562,12 @@ def _check_intoto(contents: dict[str, bytes], manifest: Manifest, report: Verify
         for s in statement.get("subject") or []
         if isinstance(s, dict)
     }
-    expected = {f.path: f.sha256 for f in manifest.files if f.path != "provenance.intoto.json"}
+    # The statement cannot list itself, nor the OMS signatures made after it (they sign it).
+    expected = {
+        f.path: f.sha256
+        for f in manifest.files
+        if f.path != layout.INTOTO_NAME and not _is_oms(f.path)
+    }
     missing = sorted(set(expected) - set(subjects))
     extra = sorted(set(subjects) - set(expected))
     changed = sorted(p for p in expected if p in subjects and subjects[p] != expected[p])

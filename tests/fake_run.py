@@ -2,7 +2,7 @@
 
 Adapter and weight files are random bytes (the lead's end-to-end test trains real ones);
 everything after the done markers is the real certification path: markers → build_run_files
-→ upload → build_manifest → sign → certify.commit_run → certify.promote_run.
+→ upload → build_manifest → sign → certify.certify_run (stage → markers → commit → finish).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from oneseek_job import certify, documents, layout, provenance, verify
+from oneseek_job import certify, documents, layout, provenance, rundocs, verify
 from oneseek_job.digests import sha256_file
 from oneseek_job.storage import LocalStore, Store
 
@@ -59,8 +57,9 @@ class FakeRun:
     prefix: str
     results: list[documents.ModelResult]
     info: certify.RunInfo
-    key: Ed25519PrivateKey | None
+    key: provenance.SigningKey | None
     dataset_sha256: str
+    key_file: Path | None = None
 
     def path(self, relative: str) -> Path:
         """The on-disk file behind a run-relative key (to tamper with it directly)."""
@@ -73,10 +72,15 @@ class FakeRun:
     def write_json(self, relative: str, document: object) -> None:
         self.path(relative).write_text(json.dumps(document, indent=2) + "\n")
 
-    def recommit(self, key: Ed25519PrivateKey | None) -> None:
+    def recommit(self, key: provenance.SigningKey | None) -> None:
         """An insider's forgery: rebuild MANIFEST over the current files and re-sign it."""
-        objects = list(self.store.list(self.prefix))
-        manifest = certify.build_manifest(self.run_id, objects, signing_key=key)
+        files = {
+            info.key.removeprefix(self.prefix): documents.FileDigest(
+                size=info.size, sha256=info.sha256
+            )
+            for info in self.store.list(self.prefix)
+        }
+        manifest = rundocs.build_manifest(self.run_id, files, signing_key=key)
         self.path(layout.MANIFEST_NAME).write_bytes(manifest)
         if key is not None:
             self.path(layout.SIGNATURE_NAME).write_bytes(provenance.sign(manifest, key))
@@ -96,8 +100,7 @@ class FakeRun:
 def upload_model(
     store: Store, run_id: str, model: Model, dataset_sha256: str, *, allow_regression: bool
 ) -> documents.ModelResult:
-    """Upload one model's files (random bytes) and write its done marker, as job.py does."""
-    prefix = layout.run_prefix(run_id)
+    """Stage one model's files (random bytes) and write its done marker, as job.py does."""
     adapter = f"lora_adapters/{layout.adapter_dir_name(model.key)}"
     contents = {
         f"{adapter}/adapter_model.safetensors": os.urandom(4096),
@@ -109,7 +112,8 @@ def upload_model(
     }
     files = {}
     for relative, data in contents.items():
-        info = store.put_bytes(prefix + relative, data)
+        sha = hashlib.sha256(data).hexdigest()
+        info = store.put_bytes(layout.blob_key(run_id, sha), data)
         files[relative] = documents.FileDigest(size=info.size, sha256=info.sha256)
     improved = model.final_val_loss < model.base_val_loss
     result = documents.ModelResult(
@@ -140,22 +144,17 @@ def upload_model(
         host=f"node-{model.key[:4]}",
         image_digest="ghcr.io/oneseek/oneseek-job@sha256:" + "ab" * 32,
     )
-    store.put_bytes(
-        layout.done_marker_key(run_id, model.key), result.model_dump_json(indent=2).encode()
-    )
+    certify.mark_done(store, result, run_id)
     return result
 
 
 def read_markers(store: Store, run_id: str) -> list[documents.ModelResult]:
-    prefix = f"{layout.run_prefix(run_id)}{layout.DONE_DIR}/"
-    return [
-        documents.ModelResult.model_validate_json(store.get_bytes(info.key))
-        for info in store.list(prefix)
-    ]
+    """The done markers (read before certification: finishing removes the staging area)."""
+    return sorted(certify.read_results(store, run_id), key=lambda r: r.key)
 
 
-def run_info(results: list[documents.ModelResult], *, allow_regression: bool) -> certify.RunInfo:
-    return certify.RunInfo(
+def run_info(results: list[documents.ModelResult], *, allow_regression: bool) -> rundocs.RunInfo:
+    return rundocs.RunInfo(
         run_id=RUN_ID,
         version=VERSION,
         language="sv",
@@ -169,18 +168,22 @@ def run_info(results: list[documents.ModelResult], *, allow_regression: bool) ->
 
 
 def certify_fake(
-    store: Store, run_id: str, key: Ed25519PrivateKey | None, *, allow_regression: bool
-) -> certify.RunInfo:
-    """The certification step of job.py, on the markers present in the store."""
+    store: Store, run_id: str, key_file: Path | None, *, allow_regression: bool
+) -> rundocs.RunInfo:
+    """The certification step of job.py (the real certify_run), on the staged markers."""
     results = read_markers(store, run_id)
     info = run_info(results, allow_regression=allow_regression)
-    prefix = layout.run_prefix(run_id)
-    for name, data in certify.build_run_files(results, info, signing_key=key).items():
-        store.put_bytes(prefix + name, data)
-    manifest = certify.build_manifest(run_id, store.list(prefix), signing_key=key)
-    signature = provenance.sign(manifest, key) if key is not None else None
-    assert certify.commit_run(store, run_id, manifest, signature)
-    certify.promote_run(store, run_id)
+    certified = certify.certify_run(
+        store,
+        run_id,
+        version=VERSION,
+        language="sv",
+        allow_regression=allow_regression,
+        image_digest=results[0].image_digest,
+        signing_key_file=key_file,
+        expected=None,
+    )
+    assert not certified.already
     return info
 
 
@@ -200,18 +203,23 @@ def make_run(
         '{"instruction": "Vad gör riksdagen?", "output": "Stiftar lagar."}\n', encoding="utf-8"
     )
     dataset_sha256 = sha256_file(dataset)
-    key = Ed25519PrivateKey.generate() if signed else None
+    key_file: Path | None = None
+    if signed:
+        key_file, _public = provenance.generate_keypair(root.parent / "keys", name=root.name)
+    key = provenance.load_private_key(key_file) if key_file else None
     for model in models:
         upload_model(store, RUN_ID, model, dataset_sha256, allow_regression=allow_regression)
-    info = certify_fake(store, RUN_ID, key, allow_regression=allow_regression)
+    results = read_markers(store, RUN_ID)
+    info = certify_fake(store, RUN_ID, key_file, allow_regression=allow_regression)
     return FakeRun(
         store=store,
         run_id=RUN_ID,
         prefix=layout.run_prefix(RUN_ID),
-        results=read_markers(store, RUN_ID),
+        results=results,
         info=info,
         key=key,
         dataset_sha256=dataset_sha256,
+        key_file=key_file,
     )
 
 

@@ -1,4 +1,5 @@
-"""pytest fixtures for storage tests: one SeaweedFS server per session, a store per test.
+"""pytest fixtures for storage tests: one SeaweedFS and one moto server per session, a store
+per test. ``store`` and ``s3_store`` run every test against each S3 implementation.
 
 Load with ``pytest_plugins = ["tests.fixtures_s3"]`` in ``tests/conftest.py``.
 """
@@ -12,9 +13,23 @@ from pathlib import Path
 import pytest
 
 from oneseek_job.storage import LocalStore, S3Store, Store, open_store
-from tests.servers import SeaweedServer
+from tests.servers import MotoServer, SeaweedServer
 
-__all__ = ["SMALL_PART", "fresh_bucket", "make_s3_store", "s3_store", "seaweed", "store"]
+__all__ = [
+    "S3_SERVERS",
+    "SMALL_PART",
+    "S3Server",
+    "fresh_bucket",
+    "make_s3_store",
+    "moto",
+    "s3_server",
+    "s3_store",
+    "seaweed",
+    "store",
+]
+
+S3Server = SeaweedServer | MotoServer
+S3_SERVERS = ["seaweedfs", "moto"]
 
 # Small multipart settings so tests exercise multipart with ~12 MiB files.
 SMALL_PART = 5 * 1024 * 1024
@@ -33,6 +48,29 @@ def seaweed() -> Iterator[SeaweedServer]:
 
 
 @pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """moto's S3 server on loopback, for the session (a second S3 implementation)."""
+    server = MotoServer()
+    server.start()
+    try:
+        server.client().create_bucket(Bucket="oneseek-tests")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=S3_SERVERS)
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """Each S3 implementation in turn (its shared ``oneseek-tests`` bucket exists)."""
+    if request.param == "moto":
+        server: S3Server = request.getfixturevalue("moto")
+        return server
+    request.getfixturevalue("fresh_bucket")
+    seaweed: SeaweedServer = request.getfixturevalue("seaweed")
+    return seaweed
+
+
+@pytest.fixture(scope="session")
 def fresh_bucket(seaweed: SeaweedServer) -> str:
     """Name of an existing bucket shared by the session; stores get a unique prefix each.
 
@@ -45,7 +83,7 @@ def fresh_bucket(seaweed: SeaweedServer) -> str:
 
 
 def make_s3_store(
-    seaweed: SeaweedServer,
+    seaweed: S3Server,
     bucket: str,
     prefix: str | None = None,
     *,
@@ -71,21 +109,27 @@ def make_s3_store(
 
 
 @pytest.fixture
-def s3_store(seaweed: SeaweedServer, fresh_bucket: str) -> Iterator[S3Store]:
-    store = make_s3_store(seaweed, fresh_bucket)
+def s3_store(s3_server: S3Server) -> Iterator[S3Store]:
+    """An S3Store on each S3 implementation in turn."""
+    store = make_s3_store(s3_server, "oneseek-tests")
     yield store
     store.close()
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", *S3_SERVERS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Every store test runs against LocalStore and S3Store (real SeaweedFS)."""
+    """Every store test runs against LocalStore, SeaweedFS and moto."""
     if request.param == "local":
         yield LocalStore(tmp_path / "store")
         return
-    seaweed: SeaweedServer = request.getfixturevalue("seaweed")
-    bucket: str = request.getfixturevalue("fresh_bucket")
-    s3 = make_s3_store(seaweed, bucket)
+    server: S3Server = (
+        request.getfixturevalue("moto")
+        if request.param == "moto"
+        else request.getfixturevalue("seaweed")
+    )
+    if request.param == "seaweedfs":
+        request.getfixturevalue("fresh_bucket")
+    s3 = make_s3_store(server, "oneseek-tests")
     yield s3
     s3.close()
 

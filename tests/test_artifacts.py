@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from oneseek_job import certify, documents, layout
+from oneseek_job import documents, layout, rundocs
 from oneseek_job.errors import InputError
 from tests.fake_run import KB, QWEN, RUN_ID, FakeRun, make_run
 
@@ -178,9 +178,9 @@ def test_missing_weights_file_in_marker_is_refused(multi: FakeRun) -> None:
         for r in multi.results
     ]
     with pytest.raises(InputError, match=f"model {KB.key}: done marker lists no weights/"):
-        certify.build_run_files(broken, multi.info, signing_key=None)
+        rundocs.build_run_files(broken, multi.info, signing_key=None)
     with pytest.raises(InputError):
-        certify.build_run_files([], multi.info, signing_key=None)
+        rundocs.build_run_files([], multi.info, signing_key=None)
 
 
 # ----------------------------------------------------------------------------- final weights
@@ -188,19 +188,19 @@ def test_missing_weights_file_in_marker_is_refused(multi: FakeRun) -> None:
 
 def test_final_weights_priority() -> None:
     trained = [KB.key, QWEN.key]
-    assert certify.final_weights_for(trained, ["Mistral-7B"], ["llama"]) == {
+    assert rundocs.final_weights_for(trained, ["Mistral-7B"], ["llama"]) == {
         KB.key: 0.5,
         QWEN.key: 0.5,
     }
-    assert certify.final_weights_for([], ["KB-Llama-3.1-8B-Swedish", " "], ["llama"]) == {
+    assert rundocs.final_weights_for([], ["KB-Llama-3.1-8B-Swedish", " "], ["llama"]) == {
         KB.key: 1.0
     }
-    assert certify.final_weights_for([], [], ["Mistral-7B", "llama-2", "Qwen-2.5-7B"]) == {
+    assert rundocs.final_weights_for([], [], ["Mistral-7B", "llama-2", "Qwen-2.5-7B"]) == {
         "mistral-7b": pytest.approx(1 / 3),
         "llama-2": pytest.approx(1 / 3),
         QWEN.key: pytest.approx(1 / 3),
     }
-    assert certify.final_weights_for([], [], []) == {layout.DEFAULT_MODEL_KEY: 1.0}
+    assert rundocs.final_weights_for([], [], []) == {layout.DEFAULT_MODEL_KEY: 1.0}
     assert layout.DEFAULT_MODEL_KEY == "unknown-model"
 
 

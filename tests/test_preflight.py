@@ -129,7 +129,7 @@ def test_signing_key_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     [
         (b"garbage", "not an unencrypted PEM key"),
         (b"", "not an unencrypted PEM key"),
-        ("rsa", "not an ed25519 key"),
+        ("rsa", "not an ECDSA P-256"),
     ],
 )
 def test_signing_key_format_and_type(tmp_path: Path, content: bytes | str, words: str) -> None:

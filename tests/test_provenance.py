@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from oneseek_job import certify, layout, provenance, verify
+from oneseek_job import documents, layout, provenance, rundocs, verify
 from oneseek_job.digests import sha256_file
 from oneseek_job.errors import ConfigError, InputError, JobError
 from oneseek_job.storage import LocalStore, S3Store
-from tests.fake_run import KB, QWEN, RUN_ID, VERSION, FakeRun, failures, make_run, read_markers
+from tests.fake_run import KB, QWEN, RUN_ID, VERSION, FakeRun, failures, make_run
 
 # SeaweedFS fixtures (session server, shared bucket): imported so pytest registers them here.
 from tests.fixtures_s3 import fresh_bucket, make_s3_store, seaweed  # noqa: F401
@@ -68,7 +67,8 @@ def test_manifest_lists_every_certified_file_and_nothing_else(run: FakeRun) -> N
         if not p.startswith(".") and p not in (layout.MANIFEST_NAME, layout.SIGNATURE_NAME)
     }
     assert listed == expected
-    assert any(p.startswith(".done/") for p in on_disk)  # markers exist but are not certified
+    assert not any(p.startswith(".") for p in on_disk)  # scratch state lives in staging
+    assert not list(run.store.list(layout.staging_prefix(RUN_ID)))  # and is gone once finished
     for entry in manifest["files"]:
         data = run.path(entry["path"]).read_bytes()
         assert entry["size"] == len(data)
@@ -149,7 +149,8 @@ def test_edited_training_results_value(run: FakeRun) -> None:
     run.recommit(run.key)
     report = run.verify()
     # ...and the ledger's certified entry and the in-toto statement hold its original digest.
-    assert only_failing(report) == {"dna", "in-toto", "ledger"}
+    # The OMS run signature lists every file's digest too.
+    assert only_failing(report) == {"dna", "in-toto", "ledger", "oms"}
     assert (
         "training_results.json: sha256 differs from the ledger's certified entry (file replaced)"
         in details(report, "ledger")
@@ -173,7 +174,7 @@ def test_removed_ledger_entry(run: FakeRun) -> None:
     assert entries[2]["event"] == "model_trained"
     _ledger_with(run, entries[:2] + entries[3:])
     report = run.verify()
-    assert only_failing(report) == {"ledger", "in-toto", "dna"}  # dna: model set differs
+    assert only_failing(report) == {"ledger", "in-toto", "dna", "oms"}  # dna: model set differs
     ledger = details(report, "ledger")
     assert "ledger entry 2 missing or renumbered: found index 3" in ledger
     assert "ledger entry 2: prev_hash does not match entry 1" in ledger
@@ -218,10 +219,10 @@ def test_manifest_rehashed_without_resigning(run: FakeRun) -> None:
 
 def test_signature_from_another_key(run: FakeRun) -> None:
     manifest = run.path(layout.MANIFEST_NAME).read_bytes()
-    other = Ed25519PrivateKey.generate()
+    other = ec.generate_private_key(ec.SECP256R1())
     run.path(layout.SIGNATURE_NAME).write_bytes(provenance.sign(manifest, other))
     report = run.verify()
-    assert only_failing(report) == {"signature"}
+    assert only_failing(report) == {"signature"}  # the OMS signatures are still the owner's
     assert details(report, "signature").startswith("signature from another key: signed by ")
 
     # Without --public-key the forger is still caught: MANIFEST names the real signer.
@@ -232,7 +233,7 @@ def test_signature_from_another_key(run: FakeRun) -> None:
 def test_insider_resigning_everything_with_own_key_fails_pinned_key(run: FakeRun) -> None:
     assert run.key is not None
     real_public = run.key.public_key()
-    run.recommit(Ed25519PrivateKey.generate())
+    run.recommit(ec.generate_private_key(ec.SECP256R1()))
     report = run.verify(public_key=real_public)
     assert "signature from another key" in details(report, "signature")
 
@@ -258,7 +259,7 @@ def test_weights_swapped_by_insider_break_dna(run: FakeRun) -> None:
     run.path(PTH).write_bytes(os.urandom(2048))
     run.recommit(run.key)
     report = run.verify()
-    assert only_failing(report) == {"dna", "in-toto"}
+    assert only_failing(report) == {"dna", "in-toto", "oms"}
     assert "does not match the .pth files in MANIFEST" in details(report, "dna")
     assert f"in-toto subject {PTH}: sha256 differs from MANIFEST" in details(report, "in-toto")
 
@@ -271,7 +272,7 @@ def test_intoto_subject_edited_by_insider(run: FakeRun) -> None:
     run.write_json("provenance.intoto.json", statement)
     run.recommit(run.key)
     report = run.verify()
-    assert only_failing(report) == {"in-toto"}
+    assert only_failing(report) == {"in-toto", "oms"}
     assert "in-toto subject missing for " in details(report, "in-toto")
 
 
@@ -288,7 +289,7 @@ def test_unsigned_run_fails_unless_allowed(tmp_path: Path) -> None:
     assert not run.path(layout.SIGNATURE_NAME).exists()
     assert json.loads(run.path(layout.MANIFEST_NAME).read_bytes())["signed"] is False
     report = run.verify(public_key=None)
-    assert only_failing(report) == {"signature"}
+    assert only_failing(report) == {"signature", "oms"}
     assert "run is unsigned" in details(report, "signature")
     assert run.verify(public_key=None, allow_unsigned=True).ok
 
@@ -296,24 +297,27 @@ def test_unsigned_run_fails_unless_allowed(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- determinism
 
 
-def test_racing_certifiers_write_identical_bytes(run: FakeRun) -> None:
-    markers = read_markers(run.store, RUN_ID)
-    first = certify.build_run_files(markers, run.info, signing_key=run.key)
-    second = certify.build_run_files(list(reversed(markers)), run.info, signing_key=run.key)
-    assert first == second
+def test_run_documents_are_a_function_of_the_markers(run: FakeRun) -> None:
+    first = rundocs.build_run_files(run.results, run.info, signing_key=run.key)
+    second = rundocs.build_run_files(list(reversed(run.results)), run.info, signing_key=run.key)
+    assert first == second  # deterministic ECDSA: same key, same bytes
     for name, data in first.items():  # and equal to what was committed
         assert run.path(name).read_bytes() == data
-    objects = list(run.store.list(run.prefix))
-    manifest = certify.build_manifest(RUN_ID, objects, signing_key=run.key)
-    assert manifest == run.path(layout.MANIFEST_NAME).read_bytes()
+    manifest = run.path(layout.MANIFEST_NAME).read_bytes()
     assert run.key is not None
     assert provenance.sign(manifest, run.key) == run.path(layout.SIGNATURE_NAME).read_bytes()
 
 
-def test_build_manifest_refuses_foreign_keys(run: FakeRun) -> None:
-    objects = list(run.store.list(run.prefix))
+def test_build_manifest_skips_scratch_paths_and_refuses_empty() -> None:
+    digest = documents.FileDigest(size=1, sha256="0" * 64)
+    manifest = json.loads(
+        rundocs.build_manifest(
+            "run-x", {"a.json": digest, ".done/k.json": digest}, signing_key=None
+        )
+    )
+    assert [f["path"] for f in manifest["files"]] == ["a.json"]
     with pytest.raises(InputError):
-        certify.build_manifest("run-other", objects, signing_key=None)
+        rundocs.build_manifest("run-x", {".live/x.json": digest}, signing_key=None)
 
 
 # ----------------------------------------------------------------------------- DNA
@@ -411,16 +415,28 @@ def test_keygen_writes_private_0600_and_refuses_overwrite(tmp_path: Path) -> Non
 
 
 def test_load_private_key_rejects_other_key_types(tmp_path: Path) -> None:
-    path = tmp_path / "ec.pem"
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = tmp_path / "rsa.pem"
     path.write_bytes(
-        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    with pytest.raises(ConfigError, match="not an ed25519 key"):
+    with pytest.raises(ConfigError, match="not an ECDSA P-256/384/521"):
         provenance.load_private_key(path)
+    secp256k1 = tmp_path / "k1.pem"
+    secp256k1.write_bytes(
+        ec.generate_private_key(ec.SECP256K1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(ConfigError, match="not an ECDSA P-256/384/521"):
+        provenance.load_private_key(secp256k1)
     with pytest.raises(JobError, match="cannot be opened") as info:
         provenance.load_private_key(tmp_path / "missing.pem")
     assert info.value.exit_code == 2
@@ -432,21 +448,26 @@ def test_load_private_key_rejects_other_key_types(tmp_path: Path) -> None:
 def test_signature_file_content(run: FakeRun) -> None:
     assert run.key is not None
     sig = json.loads(run.path(layout.SIGNATURE_NAME).read_bytes())
-    raw_public = run.key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    der_public = run.key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    assert sig["algorithm"] == "ed25519"
-    assert sig["public_key_fingerprint"] == hashlib.sha256(raw_public).hexdigest()
+    assert sig["algorithm"] == "ecdsa-p256-sha256"
+    assert sig["public_key_fingerprint"] == hashlib.sha256(der_public).hexdigest()
     import base64
 
+    from cryptography.hazmat.primitives import hashes
+
+    assert isinstance(run.key, ec.EllipticCurvePrivateKey)
     run.key.public_key().verify(
-        base64.b64decode(sig["signature"]), run.path(layout.MANIFEST_NAME).read_bytes()
+        base64.b64decode(sig["signature"]),
+        run.path(layout.MANIFEST_NAME).read_bytes(),
+        ec.ECDSA(hashes.SHA256()),
     )
 
 
 def test_verify_never_imports_torch() -> None:
     code = (
-        "import sys, oneseek_job.provenance, oneseek_job.artifacts, oneseek_job.storage; "
+        "import sys, oneseek_job.verify, oneseek_job.certify, oneseek_job.storage; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

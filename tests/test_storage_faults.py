@@ -22,11 +22,13 @@ from pathlib import Path
 import pytest
 
 from oneseek_job import layout
-from oneseek_job.certify import commit_run, is_committed
+from oneseek_job.certify import commit_manifest, finish_run, is_committed
+from oneseek_job.documents import FileDigest
 from oneseek_job.errors import StorageError
+from oneseek_job.rundocs import build_manifest
 from oneseek_job.storage import S3Store, upload_tree
-from tests.fixtures_s3 import SMALL_PART, make_s3_store
-from tests.servers import FaultProxy, SeaweedServer, fault_proxy
+from tests.fixtures_s3 import SMALL_PART, S3Server, make_s3_store
+from tests.servers import FaultProxy, fault_proxy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,20 +38,26 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture
-def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
+def seaweed(s3_server: S3Server) -> S3Server:
+    """Every fault test runs against each S3 implementation (SeaweedFS, moto)."""
+    return s3_server
+
+
+@pytest.fixture
+def proxy(seaweed: S3Server) -> Iterator[FaultProxy]:
     with fault_proxy(seaweed.endpoint_url) as p:
         yield p
 
 
 @pytest.fixture
-def direct(seaweed: SeaweedServer, fresh_bucket: str) -> Iterator[S3Store]:
-    """A store that talks to SeaweedFS directly (the truth the tests check against)."""
-    store = make_s3_store(seaweed, fresh_bucket)
+def direct(seaweed: S3Server) -> Iterator[S3Store]:
+    """A store that talks to the server directly (the truth the tests check against)."""
+    store = make_s3_store(seaweed, "oneseek-tests")
     yield store
     store.close()
 
 
-def via(seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy, attempts: int = 2) -> S3Store:
+def via(seaweed: S3Server, direct: S3Store, proxy: FaultProxy, attempts: int = 2) -> S3Store:
     """A store on the same bucket and prefix as ``direct``, but through the proxy."""
     return make_s3_store(
         seaweed,
@@ -61,7 +69,7 @@ def via(seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy, attempts: in
 
 
 def test_cut_mid_upload_leaves_old_object_then_rerun_completes(
-    seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy, tmp_path: Path
+    seaweed: S3Server, direct: S3Store, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     old, new = os.urandom(3 * SMALL_PART), os.urandom(3 * SMALL_PART)
     (tmp_path / "old.bin").write_bytes(old)
@@ -94,7 +102,7 @@ def test_cut_mid_upload_leaves_old_object_then_rerun_completes(
 
 
 def test_transient_errors_are_retried(
-    seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy
+    seaweed: S3Server, direct: S3Store, proxy: FaultProxy
 ) -> None:
     flaky = via(seaweed, direct, proxy, attempts=4)
     proxy.set_mode("error", status=503, count=2)
@@ -105,7 +113,7 @@ def test_transient_errors_are_retried(
 
 
 def test_persistent_errors_become_storage_error(
-    seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy
+    seaweed: S3Server, direct: S3Store, proxy: FaultProxy
 ) -> None:
     flaky = via(seaweed, direct, proxy, attempts=2)
     proxy.set_mode("error", status=503)
@@ -119,7 +127,7 @@ def test_persistent_errors_become_storage_error(
 
 @pytest.mark.parametrize("size", [1024 * 1024, 2 * SMALL_PART + 3], ids=["single", "multipart"])
 def test_corrupted_bytes_are_rejected(
-    seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy, tmp_path: Path, size: int
+    seaweed: S3Server, direct: S3Store, proxy: FaultProxy, tmp_path: Path, size: int
 ) -> None:
     data = os.urandom(size)
     (tmp_path / "f.bin").write_bytes(data)
@@ -137,28 +145,28 @@ def test_corrupted_bytes_are_rejected(
 
 UPLOADER = textwrap.dedent(
     """
-    import json, sys
+    import sys
     from pathlib import Path
-    from oneseek_job import layout
     from oneseek_job.logs import configure_logging
-    from oneseek_job.certify import commit_run
-    from oneseek_job.storage import open_store, upload_tree
+    from oneseek_job.certify import commit_manifest, finish_run, stage_files
+    from oneseek_job.rundocs import build_manifest
+    from oneseek_job.storage import open_store
     endpoint, uri, key_id, secret, tree, run_id, part = sys.argv[1:8]
     configure_logging(json=True)
     store = open_store(uri, endpoint_url=endpoint, access_key_id=key_id,
                        secret_access_key=secret, max_attempts=2, part_size=int(part),
                        multipart_threshold=int(part))
-    prefix = layout.run_prefix(run_id)
-    infos = upload_tree(store, Path(tree), prefix, workers=2)
-    files = {i.key.removeprefix(prefix): {"size": i.size, "sha256": i.sha256} for i in infos}
-    manifest = json.dumps({"run_id": run_id, "files": files}, sort_keys=True).encode()
-    print("COMMITTED" if commit_run(store, run_id, manifest, None) else "LOST", flush=True)
+    files = stage_files(store, run_id, Path(tree))
+    manifest = build_manifest(run_id, files, signing_key=None)
+    won = commit_manifest(store, run_id, manifest)
+    finish_run(store, run_id)
+    print("COMMITTED" if won else "LOST", flush=True)
     """
 )
 
 
 def run_uploader(
-    seaweed: SeaweedServer, endpoint: str, direct: S3Store, tree: Path, run_id: str
+    seaweed: S3Server, endpoint: str, direct: S3Store, tree: Path, run_id: str
 ) -> subprocess.Popen[str]:
     uri = f"s3://{direct.bucket}/{direct.prefix.rstrip('/')}"
     args = [seaweed.admin.access_key, seaweed.admin.secret_key, str(tree), run_id]
@@ -172,13 +180,15 @@ def run_uploader(
 
 
 def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
-    seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy, tmp_path: Path
+    seaweed: S3Server, direct: S3Store, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     # An earlier committed run that nothing may touch.
-    old_manifest = b'{"files": {"oneseek_dna.json": "old"}}'
     old_prefix = layout.run_prefix("run-old")
-    direct.put_bytes(old_prefix + "oneseek_dna.json", b"old run")
-    assert commit_run(direct, "run-old", old_manifest, b"old-sig")
+    old_files = {"oneseek_dna.json": FileDigest(size=7, sha256=sha(b"old run"))}
+    direct.put_bytes(layout.blob_key("run-old", sha(b"old run")), b"old run")
+    old_manifest = build_manifest("run-old", old_files, signing_key=None)
+    assert commit_manifest(direct, "run-old", old_manifest)
+    finish_run(direct, "run-old")
     before = {o.key: o.sha256 for o in direct.list(old_prefix)}
 
     tree = tmp_path / "tree"
@@ -201,10 +211,11 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert not is_committed(direct, "run-new")
-    # whatever got stored is complete and correct; partial files are simply absent
-    for info in direct.list(layout.run_prefix("run-new")):
-        local = tree / info.key.removeprefix(layout.run_prefix("run-new"))
-        assert info.sha256 == sha(local.read_bytes())
+    assert not list(direct.list(layout.run_prefix("run-new")))  # nothing under the run yet
+    # whatever got staged is complete and correct (named by its content); partial files are
+    # simply absent (their unfinished multipart uploads are aborted when the run finishes)
+    for info in direct.list(layout.staging_prefix("run-new")):
+        assert info.key.rsplit("/", 1)[-1] == info.sha256 == direct._content_sha256(info.key)
 
     proxy.set_mode("pass")
     proxy.drop_all()
@@ -218,7 +229,11 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
     local_files = {
         p.relative_to(tree).as_posix(): sha(p.read_bytes()) for p in tree.rglob("*") if p.is_file()
     }
-    assert {k: v["sha256"] for k, v in manifest["files"].items()} == local_files
+    assert {f["path"]: f["sha256"] for f in manifest["files"]} == local_files
+    # finished: no staging objects and no unfinished multipart upload left anywhere
+    assert not list(direct.list(layout.staging_prefix("run-new")))
+    uploads = direct.client.list_multipart_uploads(Bucket=direct.bucket, Prefix=direct.prefix)
+    assert not uploads.get("Uploads")
     for rel, digest in local_files.items():
         assert sha(direct.get_bytes(prefix + rel)) == digest
         head = direct.head(prefix + rel)
@@ -237,7 +252,7 @@ def test_sigkill_mid_upload_then_rerun_commits_matching_hashes(
 
 
 def test_upload_tree_through_flaky_network_rerun_only_sends_missing(
-    seaweed: SeaweedServer, direct: S3Store, proxy: FaultProxy, tmp_path: Path
+    seaweed: S3Server, direct: S3Store, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     tree = tmp_path / "t"
     tree.mkdir()

@@ -16,10 +16,14 @@ ALLOWED = {
     "digests": set(),
     "documents": set(),
     "storage": BASE,
+    "faultpoints": set(),
+    "oms": BASE,
     "safefile": {"errors"},
     "provenance": BASE | {"layout", "documents", "safefile"},
-    "verify": BASE | {"layout", "documents", "provenance", "storage"},
-    "certify": BASE | {"layout", "documents", "provenance", "storage", "discovery"},
+    "rundocs": BASE | {"layout", "documents", "provenance", "discovery"},
+    "verify": BASE | {"layout", "documents", "provenance", "storage", "oms"},
+    "certify": BASE
+    | {"layout", "documents", "provenance", "storage", "rundocs", "oms", "faultpoints"},
 }
 
 

@@ -1,0 +1,622 @@
+"""The commit protocol against every store (local, SeaweedFS, moto): immutability, run
+identity, racing trainers and certifiers, crash convergence, CURRENT ordering, probes, and
+OpenSSF model signatures checked by the upstream verifier.
+
+The races drive the publish layer (staging, done markers, certification) of tiny fake
+adapters from threads, so 20 trials per store stay cheap; test_faults.py races the real CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from oneseek_job import certify, layout, provenance, verify
+from oneseek_job.documents import FileDigest, ModelResult, RunInputs
+from oneseek_job.errors import ConfigError, IntegrityError, RunConflictError
+from oneseek_job.storage import LocalStore, S3Store, Store, check_writable
+from tests.fixtures_s3 import S3Server, make_s3_store
+from tests.servers import fault_proxy
+
+REPO = Path(__file__).resolve().parents[1]
+VERSION = "1.0"
+KEYS = ("kb-llama-3-1-8b-swedish", "qwen-2-5-7b")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def inputs(seed: int = 1, models: tuple[str, ...] = KEYS) -> RunInputs:
+    return RunInputs(
+        models=list(models),
+        dataset_sha256="d" * 64,
+        hyperparameters={"lora": {"r": 8}, "train": {"seed": seed, "lr": 2e-4}},
+        version=VERSION,
+        language="sv",
+    )
+
+
+def adapter_files(tmp: Path, key: str, seed: int) -> Path:
+    """A model's output tree whose bytes depend only on (key, seed): like deterministic
+    training, where another seed stands in for GPU nondeterminism."""
+    rng = random.Random(f"{key}/{seed}")
+    root = tmp / f"out-{key}-{seed}-{os.urandom(4).hex()}"  # each process its own dir
+    adapter = root / "lora_adapters" / layout.adapter_dir_name(key)
+    adapter.mkdir(parents=True, exist_ok=True)
+    (adapter / "adapter_model.safetensors").write_bytes(rng.randbytes(3000))
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "seed": seed}))
+    weights = root / "weights"
+    weights.mkdir(exist_ok=True)
+    (weights / layout.weights_file_name(VERSION, key)).write_bytes(rng.randbytes(1500))
+    return root
+
+
+def result_for(
+    key: str,
+    seed: int,
+    files: dict[str, FileDigest],
+    position: int,
+    started: str = "2025-11-23T00:00:00+00:00",
+) -> ModelResult:
+    return ModelResult(
+        key=key,
+        position=position,
+        display_name=key,
+        model_path=f"/models/{key}",
+        architecture="LlamaForCausalLM",
+        base_val_loss=3.0,
+        final_val_loss=2.5,
+        final_train_loss=2.25,
+        improved=True,
+        certified=True,
+        steps=4,
+        epochs=1,
+        samples=8,
+        train_tokens=512,
+        duration_seconds=1.0,
+        started_at=started,
+        finished_at="2025-11-23T00:10:00+00:00",
+        files=files,
+        base_model_digests={"config.json": hashlib.sha256(key.encode()).hexdigest()},
+        dataset_sha256="d" * 64,
+        dataset_files=["civic.jsonl"],
+        hyperparameters={"lora": {"r": 8}, "train": {"seed": seed}},
+    )
+
+
+def train(
+    store: Store,
+    run_id: str,
+    tmp: Path,
+    seed: int,
+    keys: tuple[str, ...] = KEYS,
+    started: str = "2025-11-23T00:00:00+00:00",
+) -> None:
+    """What one `train` process does on the publish side (job.py): claim (a committed run
+    is only finished), stage, mark done."""
+    if certify.claim_run(store, run_id, inputs(seed, keys)) is not None:
+        certify.finish_run(store, run_id)
+        return
+    for position, key in enumerate(keys):
+        files = certify.stage_files(store, run_id, adapter_files(tmp, key, seed))
+        certify.mark_done(store, result_for(key, seed, files, position, started), run_id)
+
+
+def certify_with(store: Store, run_id: str, key_file: Path | None) -> certify.Certified:
+    return certify.certify_run(
+        store,
+        run_id,
+        version=VERSION,
+        language="sv",
+        allow_regression=False,
+        image_digest=None,
+        signing_key_file=key_file,
+        expected=None,
+    )
+
+
+def snapshot(store: Store, run_id: str) -> dict[str, str]:
+    return {i.key: i.sha256 for i in store.list(layout.run_prefix(run_id))}
+
+
+def check_ok(store: Store, run_id: str, public: Path | None) -> verify.VerifyReport:
+    key = provenance.load_public_key(public) if public else None
+    report = verify.verify_run(store, run_id, public_key=key, allow_unsigned=public is None)
+    assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+    return report
+
+
+def open_kind(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "local":
+        return LocalStore(tmp_path / "store")
+    server: S3Server = request.getfixturevalue("moto" if kind == "moto" else "seaweed")
+    if kind == "seaweedfs":
+        request.getfixturevalue("fresh_bucket")
+    return make_s3_store(server, "oneseek-tests")
+
+
+@pytest.fixture(params=["local", "seaweedfs", "moto"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = open_kind(request.param, request, tmp_path)
+    yield store
+    if isinstance(store, S3Store):
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("keys")
+    return [provenance.generate_keypair(root, name=f"k{i}") for i in range(3)]
+
+
+def fresh(store: Store) -> Store:
+    """Another client of the same store (a second process has its own)."""
+    if isinstance(store, S3Store):
+        return S3Store(store.bucket, store.prefix, store.client, part_size=store.part_size)
+    assert isinstance(store, LocalStore)
+    return LocalStore(store.root)
+
+
+# ----------------------------------------------------------------------------- immutability
+
+
+def test_committed_run_is_never_written_again(
+    any_store: Store, tmp_path: Path, keys: list[tuple[Path, Path]]
+) -> None:
+    train(any_store, "run-imm", tmp_path, seed=1)
+    certify_with(any_store, "run-imm", keys[0][0])
+    before = snapshot(any_store, "run-imm")
+    assert not list(any_store.list(layout.staging_prefix("run-imm")))
+    # A late trainer with other bytes, and a certifier with another key: both refused, and
+    # not one object under the run prefix changes.
+    with pytest.raises(RunConflictError, match="other inputs"):
+        train(any_store, "run-imm", tmp_path, seed=2)
+    # An old-style trainer that skips the identity check and stages other bytes is refused
+    # at its done marker (the committed MANIFEST names other bytes for the model).
+    files = certify.stage_files(any_store, "run-imm", adapter_files(tmp_path, KEYS[0], 3))
+    with pytest.raises(RunConflictError, match="other bytes"):
+        certify.mark_done(any_store, result_for(KEYS[0], 3, files, 0), "run-imm")
+    # A certifier with another key: refused, the run is kept as it is.
+    with pytest.raises(RunConflictError, match="already certified by signer"):
+        certify.certify_run(
+            any_store,
+            "run-imm",
+            version=VERSION,
+            language="sv",
+            allow_regression=False,
+            image_digest=None,
+            signing_key_file=keys[1][0],
+            expected=None,
+        )
+    assert snapshot(any_store, "run-imm") == before
+    check_ok(any_store, "run-imm", keys[0][1])
+
+
+# Trials per store, sized for CI on a 2-core VM: a moto trial (a Python server, every upload
+# read back) costs ~10x a local one. 20 + 10 + 6 = 36 races of each kind per test run.
+TRIALS = {"local": 20, "seaweedfs": 10, "moto": 6}
+
+
+@pytest.mark.parametrize("trial_set", ["trainers", "certifiers"])
+@pytest.mark.parametrize("kind", list(TRIALS))
+def test_races_never_leave_a_run_that_fails_verify(
+    kind: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    keys: list[tuple[Path, Path]],
+    trial_set: str,
+) -> None:
+    """Races per store: two trainers of one RUN_ID (the second 0–0.3 s later; identical
+    seeds in even trials, different in odd ones), or three certifiers with different keys."""
+    any_store = open_kind(kind, request, tmp_path)
+    rng = random.Random(12)
+    for trial in range(TRIALS[kind]):
+        run_id = f"run-race-{trial_set}-{trial}"
+        outcomes: dict[int, BaseException | None] = {}
+
+        delay = rng.uniform(0, 0.3)
+
+        def racer(
+            i: int,
+            run_id: str = run_id,
+            outcomes: dict[int, BaseException | None] = outcomes,
+            trial: int = trial,
+            delay: float = delay,
+        ) -> None:
+            store = fresh(any_store)
+            try:
+                if trial_set == "trainers":
+                    time.sleep(delay if i else 0)
+                    seed = 1 if trial % 2 == 0 else 1 + i
+                    train(store, run_id, tmp_path, seed=seed)
+                    certify_with(store, run_id, keys[0][0])
+                else:
+                    certify_with(store, run_id, keys[i][0])
+                outcomes[i] = None
+            except RunConflictError as conflict:
+                outcomes[i] = conflict
+
+        if trial_set == "certifiers":
+            train(any_store, run_id, tmp_path, seed=1)
+        racers = 2 if trial_set == "trainers" else 3
+        threads = [threading.Thread(target=racer, args=(i,)) for i in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert len(outcomes) == racers, outcomes  # nobody died of anything but a conflict
+        manifest = certify.read_manifest(any_store, run_id)
+        assert manifest is not None
+        winner = next(
+            i
+            for i, (_, public) in enumerate(keys)
+            if manifest.signer_fingerprint
+            == provenance.public_key_fingerprint(provenance.load_public_key(public))
+        )
+        check_ok(any_store, run_id, keys[winner][1])
+        assert certify.read_current(any_store) is not None
+        assert not list(any_store.list(layout.staging_prefix(run_id)))
+        conflicts = [i for i, error in outcomes.items() if error is not None]
+        if trial_set == "trainers" and trial % 2 == 0:
+            assert conflicts == []  # identical content: the loser exits 0
+        else:
+            assert len(conflicts) == racers - 1  # every loser is told why (exit 2)
+            for i in conflicts:
+                reason = str(outcomes[i])
+                assert any(
+                    words in reason
+                    for words in ("use a new RUN_ID", "other content", "already certified by")
+                ), reason
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_run_id_is_bound_to_its_inputs(any_store: Store, tmp_path: Path) -> None:
+    assert certify.claim_run(any_store, "run-id", inputs(seed=1)) is None
+    assert certify.claim_run(any_store, "run-id", inputs(seed=1)) is None  # a retry: fine
+    with pytest.raises(RunConflictError) as refused:
+        certify.claim_run(any_store, "run-id", inputs(seed=7, models=KEYS[:1]))
+    message = str(refused.value)
+    assert "hyperparameters.train.seed: 1 → 7" in message and "models" in message
+    train(any_store, "run-id", tmp_path, seed=1)
+    certify_with(any_store, "run-id", None)
+    manifest = certify.claim_run(any_store, "run-id", inputs(seed=1))
+    assert manifest is not None and manifest.inputs == inputs(seed=1)
+    with pytest.raises(RunConflictError, match="dataset_sha256"):
+        certify.claim_run(
+            any_store, "run-id", inputs(seed=1).model_copy(update={"dataset_sha256": "e" * 64})
+        )
+    with pytest.raises(RunConflictError, match=r"config\.json"):
+        certify.check_model_inputs("run-id", manifest, KEYS[0], {"config.json": "0" * 64})
+
+
+def test_model_fingerprint_is_per_model_and_ignores_the_model_list() -> None:
+    shared = inputs(seed=1).model_dump()
+    one = provenance.model_fingerprint("a", {"w": "1" * 64}, shared)
+    assert one == provenance.model_fingerprint(
+        "a", {"w": "1" * 64}, {**shared, "models": ["a", "b", "c"]}
+    )
+    assert one != provenance.model_fingerprint("a", {"w": "2" * 64}, shared)
+    assert one != provenance.model_fingerprint("a", {"w": "1" * 64}, inputs(seed=2).model_dump())
+
+
+# ----------------------------------------------------------------------------- crash + retry
+
+CRASH_STEPS = [
+    "staged#1",
+    "staged#4",
+    "done#1",
+    "committed",
+    "materialized#1",
+    "materialized#9",
+    "promoted#1",
+    "promoted#4",
+    "before_current",
+]
+
+PUBLISHER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from oneseek_job import faultpoints
+    from tests import test_certify as t
+    from tests.fixtures_s3 import make_s3_store
+    from oneseek_job.storage import LocalStore
+    from tests.servers import S3Identity
+    kind, where, run_id, tmp, key_file, crash = sys.argv[1:7]
+    if crash:
+        faultpoints.arm(crash)
+    if kind == "local":
+        store = LocalStore(Path(where))
+    else:
+        import boto3
+        from oneseek_job.storage import open_store
+        endpoint, prefix = where.split("|")
+        store = open_store(f"s3://oneseek-tests/{prefix}", endpoint_url=endpoint,
+                           access_key_id=sys.argv[7], secret_access_key=sys.argv[8],
+                           part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024)
+    t.train(store, run_id, Path(tmp), seed=1)
+    t.certify_with(store, run_id, Path(key_file))
+    print("PUBLISHED", flush=True)
+    """
+)
+
+
+# Every step on the local store; on each S3 server the steps where its behaviour differs
+# most (multipart staging, the conditional commit, promotion copies, CURRENT), because a
+# killed-and-retried S3 publish costs ~30 s here.
+KILLS = [("local", step) for step in CRASH_STEPS] + [
+    ("seaweedfs", "staged#4"),
+    ("seaweedfs", "promoted#1"),
+    ("moto", "committed"),
+    ("moto", "before_current"),
+]
+
+
+@pytest.mark.parametrize(("kind", "crash"), KILLS)
+def test_kill_9_at_every_step_then_retry_converges(
+    kind: str,
+    crash: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    keys: list[tuple[Path, Path]],
+) -> None:
+    any_store = open_kind(kind, request, tmp_path)
+    run_id = "run-crash-" + crash.replace("#", "-")
+    # An older promoted run with a model the new one lacks: its files must leave the latest
+    # paths when the new run is promoted.
+    older = "2025-11-01T00:00:00+00:00"
+    train(any_store, "run-older", tmp_path, seed=1, keys=(*KEYS, "gone-model"), started=older)
+    certify_with(any_store, "run-older", keys[0][0])
+    if isinstance(any_store, LocalStore):
+        kind, where, creds = "local", str(any_store.root), []
+    else:
+        assert isinstance(any_store, S3Store)
+        endpoint = str(any_store.client.meta.endpoint_url)
+        key_id = any_store.client._request_signer._credentials.access_key
+        secret = any_store.client._request_signer._credentials.secret_key
+        kind, where = "s3", f"{endpoint}|{any_store.prefix.rstrip('/')}"
+        creds = [key_id, secret]
+
+    def publish(crash_at: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PUBLISHER,
+                kind,
+                where,
+                run_id,
+                str(tmp_path),
+                str(keys[0][0]),
+                crash_at,
+                *creds,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
+    killed = publish(crash)
+    assert killed.returncode == -9, killed.stdout[-1500:] + killed.stderr[-1500:]
+    retried = publish("")
+    assert retried.returncode == 0, retried.stdout[-1500:] + retried.stderr[-1500:]
+    check_ok(any_store, run_id, keys[0][1])
+    assert certify.read_current(any_store) == run_id  # newer than run-older
+    latest = {i.key for i in any_store.list(layout.LATEST_DIR + "/")}
+    assert latest and not any("gone-model" in k for k in latest)  # no stale file of run-older
+    assert not list(any_store.list(layout.staging_prefix(run_id)))
+    if isinstance(any_store, S3Store):
+        uploads = any_store.client.list_multipart_uploads(
+            Bucket=any_store.bucket, Prefix=any_store.prefix
+        )
+        assert not uploads.get("Uploads")
+    else:
+        assert isinstance(any_store, LocalStore)
+        assert not [p for p in any_store.root.rglob("*") if ".oneseek-tmp-" in p.name]
+
+
+def test_current_never_moves_backwards(any_store: Store, tmp_path: Path) -> None:
+    # run-b started later than run-a (its markers' started_at), but certifies first.
+    train(any_store, "run-b", tmp_path, seed=1)
+    certify_with(any_store, "run-b", None)
+    assert certify.read_current(any_store) == "run-b"
+    certify.claim_run(any_store, "run-a", inputs(seed=1))
+    for position, key in enumerate(KEYS):
+        files = certify.stage_files(any_store, "run-a", adapter_files(tmp_path, key, 5))
+        older = result_for(key, 5, files, position).model_copy(
+            update={"started_at": "2025-11-22T00:00:00+00:00"}
+        )
+        certify.mark_done(any_store, older, "run-a")
+    certify_with(any_store, "run-a", None)
+    assert certify.read_current(any_store) == "run-b"  # the older run does not take CURRENT
+    check_ok(any_store, "run-a", None)  # but it is committed and verifies
+
+
+# ----------------------------------------------------------------------------- probes / proxy
+
+
+def test_server_ignoring_if_none_match_is_refused_unless_opted_out(
+    moto: S3Server, tmp_path: Path
+) -> None:
+    with fault_proxy(moto.endpoint_url) as proxy:
+        proxy.set_mode("drop_inm")
+        store = make_s3_store(moto, "oneseek-tests", endpoint_url=proxy.url)
+        assert not store.capabilities.conditional_put
+        with pytest.raises(ConfigError, match="ONESEEK_ALLOW_UNCONDITIONAL_WRITES"):
+            check_writable(store)
+        with pytest.raises(ConfigError, match="ignores If-None-Match"):
+            store.put_bytes("x/manifest.json", b"{}", if_none_match=True)
+        store.allow_unconditional_writes = True
+        check_writable(store)
+        train(store, "run-optout", tmp_path, seed=1)
+        certify_with(store, "run-optout", None)
+        check_ok(store, "run-optout", None)
+        store.close()
+
+
+def test_stalled_commit_response_is_retried_and_still_converges(
+    any_store: Store, tmp_path: Path, keys: list[tuple[Path, Path]], request: pytest.FixtureRequest
+) -> None:
+    if not isinstance(any_store, S3Store):
+        pytest.skip("a network fault: S3 only")
+    train(any_store, "run-stall", tmp_path, seed=1)
+    endpoint = str(any_store.client.meta.endpoint_url)
+    server = request.getfixturevalue("moto" if "moto" in repr(any_store.client) else "seaweed")
+    with fault_proxy(endpoint) as proxy:
+        via = make_s3_store(
+            server,
+            any_store.bucket,
+            any_store.prefix.rstrip("/"),
+            endpoint_url=proxy.url,
+            max_attempts=3,
+        )
+        _ = via.capabilities  # probe before the fault
+        proxy.set_mode("stall", budget=0.5, count=1)  # the first conditional put's answer
+        certify_with(via, "run-stall", keys[0][0])
+        assert proxy.held.is_set()
+        via.close()
+    check_ok(any_store, "run-stall", keys[0][1])
+
+
+# ----------------------------------------------------------------------------- symlinks
+
+
+def test_promotion_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / layout.LATEST_DIR).mkdir(parents=True)
+    (store.root / layout.LATEST_DIR / "lora_adapters").symlink_to(outside)
+    train(store, "run-sym", tmp_path, seed=1)
+    with pytest.raises(IntegrityError, match="symlink"):
+        certify_with(store, "run-sym", None)
+    assert list(outside.iterdir()) == []  # nothing written outside ARTIFACTS_URI
+    check_ok(store, "run-sym", None)  # committed and materialized before promotion stopped
+
+
+def test_verify_never_follows_symlinks(tmp_path: Path, keys: list[tuple[Path, Path]]) -> None:
+    store = LocalStore(tmp_path / "store")
+    train(store, "run-v", tmp_path, seed=1)
+    certify_with(store, "run-v", keys[0][0])
+    run = store.root / layout.run_prefix("run-v")
+    # A certified file replaced by a symlink to an identical copy outside the run.
+    target = run / "weights" / layout.weights_file_name(VERSION, KEYS[0])
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(copy)
+    # And an unlisted symlink to a system file.
+    (run / "passwd").symlink_to("/etc/passwd")
+    report = verify.verify_run(store, "run-v", public_key=provenance.load_public_key(keys[0][1]))
+    assert not report.ok
+    failing = {(c.name, c.detail) for c in report.checks if not c.ok}
+    assert any(name == "files" and "weights/" in detail for name, detail in failing), failing
+    assert not any("passwd" in detail and name == "files" for name, detail in failing)
+
+
+# ----------------------------------------------------------------------------- OMS upstream
+
+
+def _download(store: LocalStore, prefix: str, dest: Path) -> Path:
+    for info in store.list(prefix):
+        target = dest / info.key.removeprefix(prefix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get_bytes(info.key))
+    return dest
+
+
+def _upstream_verify(directory: Path, public: Path) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / "model_signing"
+    return subprocess.run(
+        [
+            str(cli),
+            "verify",
+            "key",
+            str(directory),
+            "--signature",
+            str(directory / layout.OMS_SIGNATURE_NAME),
+            "--public_key",
+            str(public),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_upstream_model_signing_accepts_run_and_adapters_and_rejects_changes(
+    tmp_path: Path, keys: list[tuple[Path, Path]]
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    train(store, "run-oms", tmp_path, seed=1)
+    certify_with(store, "run-oms", keys[0][0])
+    run = _download(store, layout.run_prefix("run-oms"), tmp_path / "dl")
+    public = keys[0][1]
+    directories = [run] + [run / "lora_adapters" / layout.adapter_dir_name(k) for k in KEYS]
+    for directory in directories:
+        ok = _upstream_verify(directory, public)
+        assert ok.returncode == 0 and "succeeded" in ok.stdout + ok.stderr, ok.stderr[-800:]
+    other = _upstream_verify(run, keys[1][1])  # another key
+    assert "succeeded" not in other.stdout + other.stderr
+    adapter = directories[1]
+    for change in ("edit", "add", "remove"):
+        victim = adapter / "adapter_model.safetensors"
+        saved = victim.read_bytes()
+        if change == "edit":
+            victim.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+        elif change == "add":
+            (adapter / "extra.bin").write_bytes(b"x")
+        else:
+            victim.unlink()
+        for directory in (adapter, run):
+            failed = _upstream_verify(directory, public)
+            assert "succeeded" not in failed.stdout + failed.stderr, (change, directory)
+        victim.write_bytes(saved)
+        (adapter / "extra.bin").unlink(missing_ok=True)
+    assert _upstream_verify(run, public).returncode == 0
+
+
+def test_legacy_ed25519_v1_run_still_verifies(tmp_path: Path) -> None:
+    """A run committed by the pre-staging protocol: files in place, v1 MANIFEST, ed25519."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    store = LocalStore(tmp_path / "store")
+    train(store, "run-new", tmp_path, seed=1)
+    certify_with(store, "run-new", None)
+    legacy = Ed25519PrivateKey.generate()
+    prefix_new, prefix_old = layout.run_prefix("run-new"), layout.run_prefix("run-old")
+    manifest = json.loads(store.get_bytes(prefix_new + layout.MANIFEST_NAME))
+    for entry in manifest["files"]:
+        store.put_bytes(prefix_old + entry["path"], store.get_bytes(prefix_new + entry["path"]))
+    v1 = {
+        "format": "oneseek-manifest/v1",
+        "run_id": "run-old",
+        "signed": True,
+        "signer_fingerprint": provenance.public_key_fingerprint(legacy),
+        "file_count": manifest["file_count"],
+        "total_size": manifest["total_size"],
+        "files": manifest["files"],
+    }
+    data = provenance.canonical_json(v1)
+    store.put_bytes(prefix_old + layout.MANIFEST_NAME, data)
+    store.put_bytes(prefix_old + layout.SIGNATURE_NAME, provenance.sign(data, legacy))
+    report = verify.verify_run(store, "run-old", public_key=legacy.public_key())
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["signature"].ok and "ed25519" in by_name["signature"].detail
+    assert by_name["oms"].ok and "v1" in by_name["oms"].detail
+    assert by_name["files"].ok
