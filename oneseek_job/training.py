@@ -40,6 +40,7 @@ from oneseek_job.attention import register_packed_attention
 from oneseek_job.config import LoraSettings, TrainSettings
 from oneseek_job.data import IGNORE_INDEX, Blocks, PackedData, Record, prepare_data
 from oneseek_job.errors import InputError, Preempted
+from oneseek_job.lease import writer_id
 from oneseek_job.logs import get_logger
 
 if TYPE_CHECKING:
@@ -480,11 +481,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory under a temporary name, then rename it into place."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    """Write a directory under a temporary name, then rename it into place.
+
+    The temporary name is unique to this writer (host and a random part): a PID is 1 in
+    every container, so two pods on one checkpoint volume would share a PID-named temp dir.
+    """
+    tmp = final.parent / f".tmp-{final.name}-{writer_id()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay untouched
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -521,8 +530,8 @@ def _save_checkpoint(
         _atomic_dir(target, write)
     except _write_errors() as error:
         # ENOSPC / EFBIG / EROFS: a retry on the same volume fails the same way, so exit 2.
-        # The previous checkpoints are untouched (the new one was still under a temp name).
-        shutil.rmtree(checkpoint_dir / f".tmp-{target.name}-{os.getpid()}", ignore_errors=True)
+        # The previous checkpoints are untouched (the new one was still under a temp name,
+        # which _atomic_dir removed).
         raise InputError(
             f"cannot write checkpoint {target}: {_write_error_text(error)}; free space or "
             "point CHECKPOINT_DIR at a larger, writable volume"

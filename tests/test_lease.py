@@ -199,3 +199,27 @@ def test_a_dead_local_holder_is_taken_over_at_once(tmp_path: Path) -> None:
         hold_lease(directory, what="run/m", holder="rerun", wait_s=1, stale_s=600),
     ):
         pytest.fail("took a live holder's lease")
+
+
+def test_checkpoint_temp_dirs_are_named_per_writer(tmp_path: Path) -> None:
+    """Two pods on one checkpoint volume both run as PID 1: a PID-named temp dir would be
+    shared. The name carries the writer id, and a failed write leaves nothing behind."""
+    from oneseek_job.training import _atomic_dir
+
+    seen: list[str] = []
+
+    def write(tmp: Path) -> None:
+        seen.append(tmp.name)
+        (tmp / "state.json").write_text("{}")
+
+    _atomic_dir(tmp_path / "step-00000001", write)
+    assert seen == [f".tmp-step-00000001-{writer_id()}"]
+    assert (tmp_path / "step-00000001" / "state.json").is_file()
+
+    def broken(tmp: Path) -> None:
+        (tmp / "adapter.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        _atomic_dir(tmp_path / "step-00000002", broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]
