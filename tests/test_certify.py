@@ -620,3 +620,29 @@ def test_legacy_ed25519_v1_run_still_verifies(tmp_path: Path) -> None:
     assert by_name["signature"].ok and "ed25519" in by_name["signature"].detail
     assert by_name["oms"].ok and "v1" in by_name["oms"].detail
     assert by_name["files"].ok
+
+
+def test_verify_cli_exits_2_with_a_failed_row_for_a_tampered_run(
+    tmp_path: Path, keys: list[tuple[Path, Path]]
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    train(store, "run-cli", tmp_path, seed=1)
+    certify_with(store, "run-cli", keys[0][0])
+    command = [sys.executable, "-m", "oneseek_job.cli", "verify", str(store.root)]
+    args = ["--run-id", "run-cli", "--public-key", str(keys[0][1]), "--json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    clean = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert clean.returncode == 0, clean.stdout[-1500:] + clean.stderr[-1500:]
+    pth = store.root / layout.run_prefix("run-cli") / "weights"
+    victim = pth / layout.weights_file_name(VERSION, KEYS[0])
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    tampered = subprocess.run(
+        [*command, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert tampered.returncode == 2  # a verdict, not "retry"
+    rows = json.loads(tampered.stdout)["checks"]
+    assert any(
+        not row["ok"] and row["name"] == "files" and "weights/" in row["detail"] for row in rows
+    )
+    assert tampered.stderr.strip().splitlines()[-1].startswith("error: run run-cli does not")
+    assert "Traceback" not in tampered.stderr
