@@ -1062,7 +1062,7 @@ MORE_CASES: list[Case] = [
         2,
         ("signing key", "not an unencrypted PEM key"),
     ),
-    Case("signing-key-rsa", "an RSA key", _key("rsa"), 2, ("signing key", "not an ed25519 key")),
+    Case("signing-key-rsa", "an RSA key", _key("rsa"), 2, ("signing key", "not an ECDSA")),
     Case(
         "signing-key-public",
         "a public key where the private key belongs",
