@@ -989,8 +989,9 @@ def train_model(
                     f"SIGTERM during {key} at step {step}/{plan.total_steps}; checkpoint saved "
                     f"in {checkpoint_dir}, re-run with the same RUN_ID to resume"
                 )
+            grad_norm = None  # the norm before clipping, for telemetry (a tensor: no sync)
             if train.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -1009,6 +1010,8 @@ def train_model(
                     "tokens_per_second": tps,
                     "eta_seconds": (plan.total_steps - step) * elapsed / window_steps,
                 }
+                if grad_norm is not None:
+                    event["grad_norm"] = float(grad_norm)  # this step's; read at log steps only
                 if dev.type == "cuda":
                     event["gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
                 reporter.report(event)

@@ -210,6 +210,7 @@ def test_tensorboard_events_are_published_and_read_by_tensorboard(
         acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         acc.Reload()
         assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6, 8]
+        assert all(e.value > 0 for e in acc.Scalars("train/grad_norm"))
         assert acc.Scalars("train/tokens_per_second")[-1].value > 0
         assert acc.Scalars("val/base_loss")[0].value == pytest.approx(results[key]["base_val_loss"])
         assert acc.Scalars("val/adapter_loss")[-1].value == pytest.approx(
