@@ -112,7 +112,35 @@ deadline, annotations) patches the existing Job in place.
 The Job's identity: the run hash plus the mode (completionMode cannot change on a Job).
 */}}
 {{- define "oneseek-job.jobHash" -}}
+{{- if gt (.Values.nodesPerModel | int) 1 }}
+{{- /* A JobSet's replicated jobs are immutable, and a checkpoint is bound to its world size:
+  another group shape is another JobSet. */}}
+{{- printf "%s/%s/nodes=%d/gpus=%d" (include "oneseek-job.runHash" .) .Values.mode (.Values.nodesPerModel | int) (include "oneseek-job.procsPerNode" . | int) | sha256sum | trunc 10 }}
+{{- else }}
 {{- printf "%s/%s" (include "oneseek-job.runHash" .) .Values.mode | sha256sum | trunc 10 }}
+{{- end }}
+{{- end }}
+
+{{/* torchrun processes per node of a multi-node group: one per GPU of the pod. */}}
+{{- define "oneseek-job.procsPerNode" -}}
+{{- if .Values.gpu.enabled }}{{ .Values.gpu.count | int }}{{ else }}1{{ end }}
+{{- end }}
+
+{{/*
+The batch Jobs whose pods train, as a JSON list (kube.py annotates its own Job): the Indexed
+Job, or with nodesPerModel > 1 the JobSet's child Jobs "<jobset>-m<i>-0".
+*/}}
+{{- define "oneseek-job.trainingJobNames" -}}
+{{- $jobName := include "oneseek-job.jobName" . }}
+{{- if gt (.Values.nodesPerModel | int) 1 }}
+{{- $names := list }}
+{{- range $i, $_ := .Values.baseModels }}
+{{- $names = append $names (printf "%s-m%d-0" $jobName $i) }}
+{{- end }}
+{{- toJson $names }}
+{{- else }}
+{{- toJson (list $jobName) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -339,4 +367,291 @@ volumes:
 {{/* ConfigMap with the public half of the signing key, for verify. */}}
 {{- define "oneseek-job.verifyKeyName" -}}
 {{- printf "%s-verify-key" (include "oneseek-job.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The training pod template (metadata and spec) shared by the Indexed Job and every
+replicated job of the JobSet. Arguments: root (the chart context), jobName (the batch Job
+the pod belongs to, for kube.py), runId, groupEnv (env entries of a multi-node group, as
+YAML; empty for the Job).
+*/}}
+{{- define "oneseek-job.podTemplate" -}}
+{{- $root := .root }}
+metadata:
+  labels:
+    {{- include "oneseek-job.selectorLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: training
+    {{- with $root.Values.job.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    oneseek.ai/run-id: {{ $.runId | quote }}
+    {{- if and $root.Values.metrics.enabled (eq $root.Values.metrics.discovery "annotations") }}
+    prometheus.io/scrape: "true"
+    prometheus.io/port: {{ $root.Values.metrics.port | quote }}
+    prometheus.io/path: /metrics
+    {{- end }}
+    {{- with $root.Values.job.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  restartPolicy: Never
+  serviceAccountName: {{ include "oneseek-job.serviceAccountName" $root }}
+  # kube.py posts Events and annotates the Job with this token (see the Role).
+  automountServiceAccountToken: true
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ $root.Values.job.terminationGracePeriodSeconds }}
+  {{- with $root.Values.runtimeClassName }}
+  runtimeClassName: {{ . }}
+  {{- end }}
+  {{- with $root.Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  {{- $nodeSelector := $root.Values.nodeSelector }}
+  {{- if $root.Values.gpu.enabled }}
+  {{- $nodeSelector = merge (deepCopy $root.Values.nodeSelector) $root.Values.gpu.nodeSelector }}
+  {{- end }}
+  {{- with $nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- $tolerations := $root.Values.tolerations }}
+  {{- if $root.Values.gpu.enabled }}
+  {{- $tolerations = concat $root.Values.gpu.tolerations $root.Values.tolerations }}
+  {{- end }}
+  {{- with $tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with include "oneseek-job.affinity" $root | trim }}
+  affinity:
+    {{- . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: train
+      image: {{ include "oneseek-job.image" $root }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      {{- if $root.Values.metrics.enabled }}
+      ports:
+        - name: metrics
+          containerPort: {{ $root.Values.metrics.port }}
+          protocol: TCP
+      {{- end }}
+      args:
+        - train
+        {{- if $root.Values.training.allowRegression }}
+        - --allow-regression
+        {{- end }}
+        {{- range $root.Values.extraArgs }}
+        - {{ . | quote }}
+        {{- end }}
+      env:
+        # An immutable snapshot named like the Job: every index and retry sees one list.
+        - name: BASE_MODELS
+          valueFrom:
+            configMapKeyRef:
+              name: {{ include "oneseek-job.configMapName" $root }}
+              key: BASE_MODELS
+        # The number of models this Job was rendered for: a pod whose BASE_MODELS has
+        # another count exits 4 (FailJob) instead of training the wrong index.
+        - name: ONESEEK_MODEL_COUNT
+          value: {{ len $root.Values.baseModels | quote }}
+        - name: MODELS_DIR
+          value: {{ $root.Values.models.mountPath | quote }}
+        - name: DATASET
+          value: {{ $root.Values.dataset | quote }}
+        {{- include "oneseek-job.storageEnv" $root | nindent 8 }}
+        - name: RUN_ID
+          value: {{ $.runId | quote }}
+        - name: MODEL_VERSION
+          value: {{ $root.Values.modelVersion | quote }}
+        - name: CHECKPOINT_DIR
+          value: /checkpoints
+        - name: ONESEEK_WORK_DIR
+          value: /work
+        {{- if $root.Values.artifacts.createBucket }}
+        - name: ONESEEK_CREATE_BUCKET
+          value: "true"
+        {{- end }}
+        {{- if $root.Values.signing.enabled }}
+        - name: ONESEEK_SIGNING_KEY_FILE
+          value: /etc/oneseek/signing/{{ $root.Values.signing.secretKey }}
+        {{- end }}
+        {{- with $root.Values.image.digest }}
+        - name: ONESEEK_IMAGE_DIGEST
+          value: {{ . | quote }}
+        {{- end }}
+        {{- if $root.Values.metrics.enabled }}
+        - name: ONESEEK_METRICS_PORT
+          value: {{ $root.Values.metrics.port | quote }}
+        {{- end }}
+        {{- if $root.Values.gpu.enabled }}
+        # Pre-flight requires CUDA with this many devices (exit 2 naming the driver).
+        - name: ONESEEK_GPU_COUNT
+          value: {{ $root.Values.gpu.count | quote }}
+        {{- end }}
+        # Who we are, for kube.py's Events and Job annotations.
+        - name: ONESEEK_NAMESPACE
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.namespace
+        - name: ONESEEK_POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: ONESEEK_JOB_NAME
+          value: {{ $.jobName | quote }}
+        - name: ONESEEK_JOB_UID
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.labels['batch.kubernetes.io/controller-uid']
+        {{- with $.groupEnv }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with include "oneseek-job.trainingEnv" $root | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with $root.Values.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      resources:
+        {{- include "oneseek-job.resources" $root | nindent 8 }}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: models
+          mountPath: {{ $root.Values.models.mountPath }}
+          readOnly: true
+          {{- with $root.Values.models.subPath }}
+          subPath: {{ . }}
+          {{- end }}
+        - name: checkpoints
+          mountPath: /checkpoints
+        - name: work
+          mountPath: /work
+        - name: cache
+          mountPath: /cache
+        - name: tmp
+          mountPath: /tmp
+        - name: dshm
+          mountPath: /dev/shm
+        {{- if $root.Values.signing.enabled }}
+        - name: signing-key
+          mountPath: /etc/oneseek/signing
+          readOnly: true
+        {{- end }}
+  volumes:
+    - name: models
+      persistentVolumeClaim:
+        claimName: {{ include "oneseek-job.modelsClaim" $root }}
+        readOnly: true
+    - name: checkpoints
+      {{- if $root.Values.checkpoints.persistence }}
+      persistentVolumeClaim:
+        claimName: {{ include "oneseek-job.checkpointsClaim" $root }}
+      {{- else }}
+      emptyDir:
+        sizeLimit: {{ $root.Values.checkpoints.sizeLimit }}
+      {{- end }}
+    - name: work
+      emptyDir:
+        sizeLimit: {{ $root.Values.scratch.workSizeLimit }}
+    - name: cache
+      emptyDir:
+        sizeLimit: {{ $root.Values.scratch.cacheSizeLimit }}
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ $root.Values.scratch.tmpSizeLimit }}
+    # The container runtime's default /dev/shm is 64 MiB, too small for data loaders.
+    - name: dshm
+      emptyDir:
+        medium: Memory
+        sizeLimit: {{ $root.Values.scratch.shmSizeLimit }}
+    {{- if $root.Values.signing.enabled }}
+    # optional: a missing Secret is reported by the job's pre-flight (exit 2, naming it)
+    # instead of leaving the pod in ContainerCreating until the deadline.
+    - name: signing-key
+      secret:
+        secretName: {{ $root.Values.signing.secretName }}
+        optional: true
+        defaultMode: 0440
+        items:
+          - key: {{ $root.Values.signing.secretKey }}
+            path: {{ $root.Values.signing.secretKey }}
+    {{- end }}
+{{- end }}
+
+{{/*
+Metadata of the training workload (the Job, or the JobSet): name, Kueue labels, run
+annotations.
+*/}}
+{{- define "oneseek-job.workloadMetadata" -}}
+name: {{ include "oneseek-job.jobName" . }}
+namespace: {{ .Release.Namespace }}
+labels:
+  {{- include "oneseek-job.labels" . | nindent 2 }}
+  app.kubernetes.io/component: training
+  {{- with .Values.kueue.queueName }}
+  # Kueue suspends the Job until its ClusterQueue admits all pods at once (never partial
+  # admission: no kueue.x-k8s.io/job-min-parallelism).
+  kueue.x-k8s.io/queue-name: {{ . | quote }}
+  {{- end }}
+  {{- with .Values.kueue.priorityClass }}
+  kueue.x-k8s.io/priority-class: {{ . | quote }}
+  {{- end }}
+annotations:
+  oneseek.ai/run-id: {{ include "oneseek-job.runId" . | quote }}
+  oneseek.ai/base-models: {{ include "oneseek-job.baseModels" . | quote }}
+  oneseek.ai/job-hash: {{ include "oneseek-job.jobHash" . | quote }}
+  {{- if .Values.argocd.syncHook }}
+  argocd.argoproj.io/hook: Sync
+  argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
+  {{- end }}
+  {{- with .Values.job.annotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+The training Job's podFailurePolicy. Argument: dict with verdictAction, what exit 2 / 3 do
+(FailIndex: that model fails; FailJob: the whole Job fails).
+*/}}
+{{- define "oneseek-job.podFailurePolicy" -}}
+# Keyed on the exit codes of oneseek_job/errors.py. First matching rule wins, so the
+# verdicts of the job itself come before the disruption rule: a pod that exits 2 while
+# being drained still fails instead of retrying.
+podFailurePolicy:
+  rules:
+    # 4 = the Job does not match its model list (ONESEEK_MODEL_COUNT): every index would
+    # fail the same way, so the whole Job fails at once.
+    - action: FailJob
+      onExitCodes:
+        containerName: train
+        operator: In
+        values: [4]
+    # 2 = bad configuration or input, 3 = model resolution failed: a retry cannot help.
+    - action: {{ .verdictAction }}
+      onExitCodes:
+        containerName: train
+        operator: In
+        values: [2, 3]
+    # Preemption, node drain, API eviction: not the job's fault, retry without counting.
+    # Guaranteed QoS (requests = limits) keeps node-pressure evictions rare, and
+    # activeDeadlineSeconds bounds a pod that is disrupted again and again.
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+          status: "True"
+    # 75 = stopped after saving a checkpoint: retry (counted) and resume.
+    - action: Count
+      onExitCodes:
+        containerName: train
+        operator: In
+        values: [75]
 {{- end }}
