@@ -26,7 +26,7 @@ from kubeflow_trainer_api.models.trainer_v1alpha1_train_job import TrainerV1alph
 from oneseek_job.config import load_settings
 from oneseek_job.launch import group_from_env
 from tests._k8s import crd_validate_strict, restricted_violations, validate_strict
-from tests.test_chart import CHART_DIR, DNS_LABEL, NAMESPACE, ROOT, env_of, render
+from tests.test_chart import CHART_DIR, DNS_LABEL, NAMESPACE, RELEASE, ROOT, env_of, render
 
 MODELS = ["KB-Llama-3.1-8B-Swedish", "Mistral-7B-Instruct", "llama-2-7b"]
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -353,3 +353,22 @@ def load_settings_from(env: dict[str, dict[str, Any]]) -> Any:
             if "value" in var:
                 patch.setenv(key, var["value"])
         return load_settings()
+
+
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_lint_strict_and_notes_name_the_jobset(loaded: chart.Chart, nodes: int) -> None:
+    values = {"baseModels": MODELS, "nodesPerModel": nodes}
+    report = chart.lint(CHART_DIR, values, strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    jobset, docs = only_jobset(loaded, {"nodesPerModel": nodes})
+    manifests = loaded.render(values, name=RELEASE, namespace=NAMESPACE)
+    (notes,) = [text for path, text in manifests.items() if path.endswith("NOTES.txt")]
+    name = jobset["metadata"]["name"]
+    assert f"get jobset {name} " in notes
+    # The commands name Jobs that exist: the JobSet's children, which the pods annotate.
+    (role,) = kinds(docs, "Role")
+    patchable = next(r for r in role["rules"] if r["resources"] == ["jobs"])["resourceNames"]
+    named = set(re.findall(rf"\b({re.escape(name)}-m\d+-0)\b", notes))
+    assert named and named <= set(patchable)
+    assert f"job-name={name}" not in notes, "no Job of that name exists"
