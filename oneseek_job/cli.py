@@ -24,6 +24,7 @@ from oneseek_job.errors import (
     JobError,
     VerificationError,
 )
+from oneseek_job.signals import install_sigterm_handler
 
 if TYPE_CHECKING:
     from oneseek_job.config import JobSettings
@@ -563,6 +564,10 @@ def version() -> None:
 
 def main() -> None:
     """Console entry point: run the app, map domain errors to one line and their exit code."""
+    # First thing: as a container's PID 1 the process has no default SIGTERM action, so a
+    # SIGTERM before training starts was dropped; now it is recorded and training (or its
+    # first step) stops with a checkpoint and exit 75.
+    install_sigterm_handler()
     crash_at = os.environ.get("ONESEEK_CRASH_AT")  # test hook: SIGKILL at a publish step
     if crash_at:
         from oneseek_job import faultpoints

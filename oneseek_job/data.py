@@ -35,12 +35,14 @@ __all__ = [
     "IGNORE_INDEX",
     "MAX_RECORD_BYTES",
     "MAX_RECORD_DEPTH",
+    "Batch",
     "Blocks",
     "PackedData",
     "Record",
     "dataset_files",
     "format_prompt",
     "load_records",
+    "make_batch",
     "prepare_data",
 ]
 
@@ -274,6 +276,69 @@ class Blocks:
 
 
 @dataclass
+class Batch:
+    """One micro-batch: its blocks laid end to end in a single row, ready for the device.
+
+    Everything a kernel needs to attend per document and a loss needs to touch only target
+    positions is computed here, on the host, so the step itself never waits for the device
+    to answer a question (no ``.item()``, no boolean indexing on the device).
+    """
+
+    input_ids: torch.Tensor  # (1, N)
+    position_ids: torch.Tensor  # (1, N), restarting at 0 at every document
+    keep: torch.Tensor  # (K,) flat positions that have a target
+    targets: torch.Tensor  # (K,) their targets
+    cu_seqlens: torch.Tensor  # (S + 1,) int32 document boundaries (varlen kernels)
+    document_ids: torch.Tensor  # (1, N) int32 document number of every position (BlockMask)
+    max_seqlen: int
+
+    def to(self, device: Any) -> Batch:
+        """A copy on ``device`` (asynchronous from pinned memory on CUDA)."""
+        move = {f: getattr(self, f).to(device, non_blocking=True) for f in _BATCH_TENSORS}
+        return Batch(**move, max_seqlen=self.max_seqlen)
+
+    def model_inputs(self) -> dict[str, Any]:
+        """Keyword arguments of the model's forward (transformers' varlen kwarg names)."""
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "cu_seq_lens_q": self.cu_seqlens,
+            "cu_seq_lens_k": self.cu_seqlens,
+            "max_length_q": self.max_seqlen,
+            "max_length_k": self.max_seqlen,
+            "document_ids": self.document_ids,
+            "use_cache": False,
+        }
+
+
+_BATCH_TENSORS = ("input_ids", "position_ids", "keep", "targets", "cu_seqlens", "document_ids")
+
+
+def make_batch(blocks: Blocks, idx: Sequence[int]) -> Batch:
+    """The micro-batch of blocks ``idx`` (host tensors; see :class:`Batch`)."""
+    import torch
+
+    ids = blocks.input_ids[list(idx)].reshape(1, -1)
+    pos = blocks.position_ids[list(idx)].reshape(1, -1)
+    targets = blocks.targets[list(idx)].reshape(-1)
+    # Every block starts a document (a cut one restarts its positions), so the flat row's
+    # documents are exactly the runs that start where the position is 0.
+    starts = (pos[0] == 0).nonzero().flatten()
+    total = torch.tensor([pos.shape[1]])
+    cu = torch.cat([starts, total]).to(torch.int32)
+    keep = (targets != IGNORE_INDEX).nonzero().flatten()
+    return Batch(
+        input_ids=ids,
+        position_ids=pos,
+        keep=keep,
+        targets=targets[keep],
+        cu_seqlens=cu,
+        document_ids=((pos[0] == 0).cumsum(0) - 1).to(torch.int32).unsqueeze(0),
+        max_seqlen=int((cu[1:] - cu[:-1]).max()),
+    )
+
+
+@dataclass
 class PackedData:
     """The tokenized, packed dataset of one model (one tokenizer)."""
 
@@ -306,7 +371,8 @@ def split_records(
     return train, val
 
 
-def _render(record: Record, tokenizer: Any) -> tuple[str, str]:
+def _render(record: Record, tokenizer: Any) -> tuple[str, str, bool]:
+    """``(prompt, answer, templated)``: through the chat template when there is one."""
     if record.messages is not None and getattr(tokenizer, "chat_template", None):
         messages = [{"role": r, "content": c} for r, c in record.messages]
         prompt = tokenizer.apply_chat_template(
@@ -314,24 +380,49 @@ def _render(record: Record, tokenizer: Any) -> tuple[str, str]:
         )
         full = tokenizer.apply_chat_template(messages, tokenize=False)
         if isinstance(prompt, str) and isinstance(full, str) and full.startswith(prompt):
-            return prompt, full[len(prompt) :]
-    return record.prompt, record.answer
+            return prompt, full[len(prompt) :], True
+    return record.prompt, record.answer, False
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _documents(
     records: Sequence[Record], tokenizer: Any, loss_on: str
 ) -> list[tuple[list[int], list[bool]]]:
-    """Token ids and a per-token 'is trained on' flag for every record (one batched call)."""
+    """Token ids and a per-token 'is trained on' flag for every record.
+
+    Each document is tokenized as one text, prompt and answer together, exactly as the
+    model will see it at inference: tokenizing the answer on its own put a spurious ``▁``
+    before it on legacy SentencePiece tokenizers (Llama-2, Mistral v0.1-0.2). The answer
+    starts where the prompt's own tokenization stops matching (two batched calls).
+
+    A chat template renders its own special tokens, so templated text is tokenized without
+    adding BOS (as ``apply_chat_template(tokenize=True)`` does), and EOS is appended only
+    when the answer does not already contain it (templates close each turn with it).
+    """
     rendered = [_render(r, tokenizer) for r in records]
-    prompts = tokenizer([p for p, _ in rendered], add_special_tokens=True)["input_ids"]
-    answers = tokenizer([a for _, a in rendered], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    docs: list[tuple[list[int], list[bool]]] = []
-    for p_ids, a_ids in zip(prompts, answers, strict=True):
-        tail = [*a_ids, eos] if eos is not None else list(a_ids)
-        ids = [*p_ids, *tail]
-        learn = [loss_on == "all"] * len(p_ids) + [True] * len(tail)
-        docs.append((ids, learn))
+    docs: list[tuple[list[int], list[bool]]] = [([], [])] * len(rendered)
+    for templated in (False, True):
+        group = [(i, p, a) for i, (p, a, t) in enumerate(rendered) if t == templated]
+        if not group:
+            continue
+        special = not templated
+        fulls = tokenizer([p + a for _, p, a in group], add_special_tokens=special)["input_ids"]
+        prompts = tokenizer([p for _, p, _ in group], add_special_tokens=special)["input_ids"]
+        for (index, _, _), full, prompt in zip(group, fulls, prompts, strict=True):
+            n_prompt = _common_prefix(full, prompt)
+            ids = list(full)
+            if eos is not None and eos not in ids[n_prompt:]:
+                ids.append(eos)
+            docs[index] = (ids, [loss_on == "all"] * n_prompt + [True] * (len(ids) - n_prompt))
     return docs
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from oneseek_job.attention import PACKED_ATTENTION, register_packed_attention
+from oneseek_job.training.attention import DOC_SDPA, register_attention
 from tests._tiny import build_model
 
 
@@ -24,8 +24,8 @@ def _load(path: Path, attention: str) -> torch.nn.Module:
 
 
 def test_packed_kernel_matches_masked_sdpa(tiny_llama: Path) -> None:
-    register_packed_attention()
-    reference, packed = _load(tiny_llama, "sdpa"), _load(tiny_llama, PACKED_ATTENTION)
+    register_attention(DOC_SDPA)
+    reference, packed = _load(tiny_llama, "sdpa"), _load(tiny_llama, DOC_SDPA)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 200, (2, 48), generator=gen)
     # Row 0: documents of 20, 12 and 16 tokens; row 1: 30 then 18 (a cut document).
@@ -47,8 +47,8 @@ def test_packed_kernel_matches_masked_sdpa(tiny_llama: Path) -> None:
 
 
 def test_packed_kernel_keeps_documents_apart(tiny_llama: Path) -> None:
-    register_packed_attention()
-    model = _load(tiny_llama, PACKED_ATTENTION).eval()
+    register_attention(DOC_SDPA)
+    model = _load(tiny_llama, DOC_SDPA).eval()
     gen = torch.Generator().manual_seed(2)
     doc_a, doc_b = (
         torch.randint(5, 200, (1, 20), generator=gen),

@@ -19,12 +19,8 @@ import torch
 from oneseek_job.config import LoraSettings, TrainSettings
 from oneseek_job.data import Record, format_prompt
 from oneseek_job.errors import InputError, Preempted
-from oneseek_job.training import (
-    TARGET_MODULES,
-    install_preemption_handler,
-    lr_at,
-    train_model,
-)
+from oneseek_job.signals import STOP, install_sigterm_handler
+from oneseek_job.training import TARGET_MODULES, lr_at, train_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _tiny
@@ -218,7 +214,7 @@ def reference(
 def test_preempted_then_resumed_equals_uninterrupted(
     tiny_llama: Path, tmp_path: Path, reference: dict[str, torch.Tensor]
 ) -> None:
-    flag = install_preemption_handler()
+    flag = STOP
 
     def stop_at_seven(event: dict[str, Any]) -> None:
         if event["step"] == 7:
@@ -251,6 +247,8 @@ SIGTERM_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_training import run, settings
     from oneseek_job.errors import Preempted
+    from oneseek_job.signals import install_sigterm_handler
+    install_sigterm_handler()  # what cli.main() does at process start
 
     def slow(event):
         if event["step"] >= 3:
