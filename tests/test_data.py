@@ -198,3 +198,99 @@ def test_chat_records_render_through_template_when_present(tokenizer) -> None:
     finally:
         tokenizer.chat_template = None
     assert templated.train_tokens != plain.train_tokens
+
+
+def _documents_of(blocks) -> list[list[int]]:
+    """The packed documents back as token lists (a new one starts wherever position is 0)."""
+    docs: list[list[int]] = []
+    for ids, pos in zip(
+        blocks.input_ids.flatten().tolist(), blocks.position_ids.flatten().tolist(), strict=True
+    ):
+        if pos == 0:
+            docs.append([])
+        docs[-1].append(ids)
+    return docs
+
+
+def test_chat_template_tokens_are_not_doubled(tokenizer) -> None:
+    # The demo template emits {{ bos_token }} and closes every turn with EOS itself.
+    records = [
+        Record(
+            "",
+            "",
+            i,
+            "x",
+            (("user", f"Vad gör riksdagen {i}?"), ("assistant", f"Den stiftar lagar {i}.")),
+        )
+        for i in range(6)
+    ]
+    data = prepare_data(records, tokenizer, seq_len=512, val_fraction=0.2, seed=0)
+    train, _ = split_records(records, val_fraction=0.2, seed=0)
+    expected = [
+        tokenizer(
+            tokenizer.apply_chat_template(
+                [{"role": r, "content": c} for r, c in record.messages or ()], tokenize=False
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+        for record in train
+    ]
+    got = _documents_of(data.train)[: len(expected)]
+    assert got == expected
+    for doc in got:
+        assert doc.count(tokenizer.bos_token_id) == 1 and doc.count(tokenizer.eos_token_id) == 2
+
+
+@pytest.fixture(scope="module")
+def legacy_sp_tokenizer():
+    """A Llama-2-style tokenizer: SentencePiece BPE with the legacy '▁' prepend, BOS added."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    # Llama-2's tokenizer.json: prepend '▁' to every text, spaces become '▁' (legacy).
+    raw.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    raw.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    raw.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    corpus = [
+        f"Question: Var ligger {town}?\nAnswer: {town} ligger i Sverige och har en kommun."
+        for town in ["Stockholm", "Göteborg", "Malmö", "Uppsala", "Umeå", "Lund"] * 20
+    ]
+    raw.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
+    )
+    raw.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", raw.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def test_answer_tokens_equal_tokenizing_prompt_and_answer_together(legacy_sp_tokenizer) -> None:
+    tok = legacy_sp_tokenizer
+    records = [
+        Record(format_prompt(f"Var ligger {town}?"), f" {town} ligger i Sverige.", i, "x")
+        for i, town in enumerate(["Stockholm", "Göteborg", "Malmö", "Uppsala", "Umeå", "Lund"])
+    ]
+    # Separately, the answer gets a spurious lone '▁' the model never sees at inference.
+    alone = tok(records[0].answer, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(alone)[0] == "▁"
+    data = prepare_data(records, tok, seq_len=512, val_fraction=0.2, seed=0)
+    train, _ = split_records(records, val_fraction=0.2, seed=0)
+    expected = [tok(r.prompt + r.answer)["input_ids"] + [tok.eos_token_id] for r in train]
+    got = _documents_of(data.train)[: len(expected)]
+    assert got == expected
+    # The loss starts at the answer: the first target is the answer's first token.
+    first_target = next(t for t in data.train.targets.flatten().tolist() if t != IGNORE_INDEX)
+    prompt_len = len(tok(train[0].prompt)["input_ids"])
+    assert first_target == expected[0][prompt_len]
+    assert tok.convert_ids_to_tokens([first_target])[0].startswith("▁") and first_target != alone[0]

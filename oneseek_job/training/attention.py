@@ -7,11 +7,13 @@ attention interface: ``(B, H, T, D)`` in, ``(B, T, H, D)`` out), all causal with
 document, all honouring a layer's ``sliding_window`` and Gemma-2's ``softcap``, none
 repeating K/V for grouped-query attention:
 
-- ``oneseek_doc_sdpa`` (CPU): causal SDPA per document; the attention cost falls from
+- ``oneseek_documents`` (CPU): causal SDPA per document; the attention cost falls from
   ``T²`` to ``Σ len(doc)²``. Softcap or a window shorter than the document takes an exact
   explicit path (SDPA has no softcap).
 - ``oneseek_flex`` (portable): ``flex_attention`` with a document BlockMask (window as a
-  mask_mod, softcap as a score_mod); compiled on CUDA, eager (unfused) elsewhere.
+  mask_mod, softcap as a score_mod); compiled on CUDA, eager (unfused) elsewhere. torch
+  2.13 has no flex backward on CPU, so on CPU it serves evaluation and tests of values;
+  its gradients are checked on CUDA (``-m gpu``).
 - ``oneseek_varlen`` (CUDA): ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention
   varlen) over ``cu_seqlens``; Gemma-2's softcap is not in that kernel, so those layers
   go through flex.
@@ -38,7 +40,7 @@ __all__ = [
     "varlen_document_attention",
 ]
 
-DOC_SDPA = "oneseek_doc_sdpa"
+DOC_SDPA = "oneseek_documents"  # no "sdpa" in it: transformers would apply SDPA's model checks
 FLEX = "oneseek_flex"
 VARLEN = "oneseek_varlen"
 
@@ -209,7 +211,7 @@ def flex_document_attention(
             softcap, **kwargs,
         )  # fmt: skip
     if dropout > 0 and module.training:
-        raise ValueError("flex attention has no attention dropout; use oneseek_doc_sdpa")
+        raise ValueError("flex attention has no attention dropout; use oneseek_documents")
     score_mod = None
     if softcap is not None:
         cap = float(softcap)
@@ -251,7 +253,8 @@ def varlen_document_attention(
 
     cu = kwargs.get("cu_seq_lens_q")
     drop = dropout if module.training else 0.0
-    if cu is None or softcap is not None or drop > 0 or query.shape[0] != 1:
+    on_cuda = query.device.type == "cuda"
+    if cu is None or softcap is not None or drop > 0 or query.shape[0] != 1 or not on_cuda:
         return flex_document_attention(
             module, query, key, value, attention_mask, dropout, scaling, sliding_window,
             softcap, **kwargs,

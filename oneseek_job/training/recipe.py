@@ -63,7 +63,7 @@ class TrainJob:
         on_progress: called on rank 0 with every progress event (see :class:`_Reporter`).
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
         allow_pickle: load pickle-only (``.bin``) base weights (``--allow-pickle``).
-        attention: kernel override (``oneseek_doc_sdpa``, ``oneseek_flex``,
+        attention: kernel override (``oneseek_documents``, ``oneseek_flex``,
             ``oneseek_varlen``, or a transformers name such as ``sdpa``).
         stop: polled every step; set by the CLI's SIGTERM handler.
     """
