@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from oneseek_job.config import LoraSettings, TrainSettings
 from oneseek_job.data import Blocks, make_batch
 from oneseek_job.training.attention import DOC_SDPA, register_attention
-from oneseek_job.training.loss import batch_loss
+from oneseek_job.training.loss import batch_loss, chunk_rows
 from oneseek_job.training.memory import estimate_memory
 from oneseek_job.training.targets import TARGET_MODULES
 
@@ -46,7 +46,13 @@ def main() -> None:
     )
     lora = LoraSettings(r=16, alpha=32, dropout=dropout)
     estimate = estimate_memory(
-        path, config, lora, train, targets, dtype_bytes=4, loss_chunk_tokens=mb * seq
+        path,
+        config,
+        lora,
+        train,
+        targets,
+        dtype_bytes=4,
+        loss_chunk_tokens=chunk_rows(config.vocab_size),
     )
     torch.manual_seed(0)
     ids = torch.randint(5, config.vocab_size, (mb, seq))

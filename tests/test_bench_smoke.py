@@ -51,7 +51,13 @@ def test_train_throughput_quick_runs_all_three_sides(tmp_path: Path) -> None:
     assert {g.metric for g in result["goals"]} >= {
         "real tokens/s ours÷hf_default (cpu)",
         "real tokens/s ours÷hf_grouped (cpu)",
+        "real tokens/s ours÷hf_flatten (cpu)",
     }
+    # Flattening feeds no padding either; every comparison reports its range over runs.
+    assert runs["hf_flatten"]["padding_fraction"] == 0.0
+    for name in train_throughput.BASELINES:
+        ratio = result["comparisons"][f"ours_vs_{name}"]
+        assert ratio["ratio_min"] <= ratio["tokens_per_second_ratio"] <= ratio["ratio_max"]
     assert (tmp_path / "train_throughput_quick.json").is_file()
 
 

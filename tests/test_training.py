@@ -528,3 +528,23 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak(
     result = json.loads(out.strip().splitlines()[-1])
     ratio = result["estimate"] / result["measured"]
     assert 0.75 <= ratio <= 1.25, result
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def test_chunked_cross_entropy_is_exact_in_value_and_gradient() -> None:
+    import torch.nn.functional as F  # noqa: N812
+
+    from oneseek_job.training.loss import chunk_rows, chunked_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 1000, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 1000, (37,), generator=gen)
+    whole = F.cross_entropy(logits, targets, reduction="sum")
+    (grad_whole,) = torch.autograd.grad(whole, logits)
+    chunked = chunked_cross_entropy(logits, targets, rows=5)  # 8 chunks, the last short
+    (grad_chunked,) = torch.autograd.grad(chunked, logits)
+    torch.testing.assert_close(chunked, whole.float() if chunked.dtype != whole.dtype else whole)
+    torch.testing.assert_close(grad_chunked, grad_whole)
+    assert chunk_rows(128_256) == 523 and chunk_rows(10) > 10**6

@@ -13,7 +13,43 @@ from typing import Any
 from oneseek_job.data import Batch, Blocks, make_batch
 from oneseek_job.training.distributed import Dist, all_reduce_sum
 
-__all__ = ["batch_loss", "evaluate"]
+__all__ = ["LOSS_CHUNK_BYTES", "batch_loss", "chunk_rows", "chunked_cross_entropy", "evaluate"]
+
+# fp32 working set of one loss chunk (upcast logits, log-softmax, gradient): with a 128k
+# vocabulary the whole micro-batch at once would hold gigabytes.
+LOSS_CHUNK_BYTES = 256 * 2**20
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Target tokens per loss chunk for ``vocab_size`` (at least one)."""
+    return max(1, LOSS_CHUNK_BYTES // (vocab_size * 4))
+
+
+def _ce_sum(logits: Any, targets: Any) -> Any:
+    import torch.nn.functional as F  # noqa: N812
+
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy(logits: Any, targets: Any, rows: int) -> Any:
+    """Summed cross-entropy of ``(K, V)`` logits, ``rows`` at a time, exactly.
+
+    Each chunk's fp32 upcast and log-softmax are recomputed in backward instead of being
+    kept (non-reentrant activation checkpointing), so only the logits in the model's dtype
+    and their gradient are whole-batch sized. Every row's loss is the same computation as
+    unchunked; only the summation order of the chunks differs.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    n = int(logits.shape[0])  # shape metadata: no device sync
+    if n <= rows:
+        return _ce_sum(logits, targets)
+    parts = [
+        checkpoint(_ce_sum, logits[start : start + rows], targets[start : start + rows],
+                   use_reentrant=False)
+        for start in range(0, n, rows)
+    ]  # fmt: skip
+    return sum(parts[1:], parts[0])
 
 
 def batch_loss(model: Any, batch: Batch, autocast: Callable[[], Any]) -> Any:
@@ -25,13 +61,11 @@ def batch_loss(model: Any, batch: Batch, autocast: Callable[[], Any]) -> Any:
         autocast: context factory (bf16 autocast on CUDA, a no-op on CPU).
     """
     import torch
-    import torch.nn.functional as F  # noqa: N812
 
     with autocast():
         logits = model(**batch.model_inputs(), logits_to_keep=batch.keep).logits
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), batch.targets, reduction="sum"
-    ).to(torch.float32)
+    flat = logits.reshape(-1, logits.shape[-1])
+    return chunked_cross_entropy(flat, batch.targets, chunk_rows(flat.shape[-1])).to(torch.float32)
 
 
 def evaluate(

@@ -8,7 +8,8 @@ its output twice (kernel output, o_proj input), the MLP's gate, up, activation, 
 (SwiGLU: five intermediate-size tensors; three without a gate), and, for every adapted
 module with LoRA dropout > 0, a dropped-out copy of its input plus the boolean mask.
 Gradient checkpointing keeps only each layer's input and recomputes one layer at a time.
-The loss adds fp32 logits, their log-softmax and gradient for one chunk of target tokens.
+The loss adds the logits of the target tokens and their gradient, plus the fp32 working
+set of one loss chunk (see ``loss.chunked_cross_entropy``).
 """
 
 from __future__ import annotations
@@ -111,8 +112,11 @@ def estimate_memory(
         activations = tokens * layers * per_layer
     # Backward of the last layer briefly holds gradients beside the saved tensors.
     activations += tokens * 2 * max(inter, q) * a
-    # fp32 logits, log-softmax and its gradient of one chunk, plus the final norm.
-    loss = min(tokens, loss_chunk_tokens) * vocab * (3 * _FP32 + a) + tokens * h * 2 * a
+    # Logits of every target token and their gradient in the model's dtype, then one
+    # chunk's fp32 working set (upcast unless already fp32, log-softmax, its gradient).
+    fp32_work = (0 if a == _FP32 else _FP32) + 2 * _FP32
+    loss = tokens * vocab * 2 * a + min(tokens, loss_chunk_tokens) * vocab * fp32_work
+    loss += tokens * h * 2 * a  # the final norm
     return MemoryEstimate(weights=weights, adapter=adapter, activations=activations, loss=loss)
 
 

@@ -33,7 +33,7 @@ from oneseek_job.training import checkpoint as ckpt
 from oneseek_job.training.adapters import finish_adapter_dir
 from oneseek_job.training.attention import DOC_SDPA, FLEX, VARLEN, register_attention
 from oneseek_job.training.distributed import Dist, barrier, init_distributed, stop_requested
-from oneseek_job.training.loss import batch_loss, evaluate
+from oneseek_job.training.loss import batch_loss, chunk_rows, evaluate
 from oneseek_job.training.memory import estimate_memory, preflight_disk, preflight_memory
 from oneseek_job.training.schedule import BlockOrder, Plan, make_plan
 from oneseek_job.training.targets import target_modules
@@ -184,7 +184,7 @@ class LoraRecipe:
             train,
             self.targets,
             dtype_bytes=2 if cuda else 4,
-            loss_chunk_tokens=train.micro_batch_size * train.seq_len,
+            loss_chunk_tokens=chunk_rows(int(self.config.vocab_size)),
         )
         preflight_memory(self.memory, self.device)
         # 5) model: base weights, then LoRA (seeded so every rank starts identical)
