@@ -539,7 +539,7 @@ def check_tokenizers(ctx: Preflight) -> None:
             shapes.setdefault(tuple(role for role, _ in record.messages), record)
     from transformers import AutoConfig
 
-    from oneseek_job.training import _load_tokenizer as load_tokenizer
+    from oneseek_job.training import load_tokenizer
 
     for resolution in ctx.selected:
         path = resolution.model.path

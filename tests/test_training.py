@@ -534,7 +534,7 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak(
 
 
 def test_chunked_cross_entropy_is_exact_in_value_and_gradient() -> None:
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     from oneseek_job.training.loss import chunk_rows, chunked_cross_entropy
 

@@ -14,7 +14,13 @@ from oneseek_job.config import LoraSettings, TrainSettings
 from oneseek_job.data import Record
 from oneseek_job.signals import STOP, StopFlag
 from oneseek_job.training.distributed import is_main_process
-from oneseek_job.training.recipe import LoraRecipe, TrainJob, TrainOutcome, run_recipe
+from oneseek_job.training.recipe import (
+    LoraRecipe,
+    TrainJob,
+    TrainOutcome,
+    load_tokenizer,
+    run_recipe,
+)
 from oneseek_job.training.schedule import lr_at
 from oneseek_job.training.targets import TARGET_MODULES
 
@@ -24,6 +30,7 @@ __all__ = [
     "TrainJob",
     "TrainOutcome",
     "is_main_process",
+    "load_tokenizer",
     "lr_at",
     "train_model",
 ]

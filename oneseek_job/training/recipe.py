@@ -38,7 +38,7 @@ from oneseek_job.training.memory import estimate_memory, preflight_disk, preflig
 from oneseek_job.training.schedule import BlockOrder, Plan, make_plan
 from oneseek_job.training.targets import target_modules
 
-__all__ = ["LoraRecipe", "TrainJob", "TrainOutcome"]
+__all__ = ["LoraRecipe", "TrainJob", "TrainOutcome", "load_tokenizer", "run_recipe"]
 
 log = get_logger(__name__)
 
@@ -162,7 +162,7 @@ class LoraRecipe:
         self.config = _load_config(job.model_path)
         self.targets = target_modules(str(self.config.model_type), job.lora)
         # 3) tokenizer and data: tokenized once, packed into blocks
-        self.tokenizer = _load_tokenizer(job.model_path)
+        self.tokenizer = load_tokenizer(job.model_path)
         self.data: PackedData = prepare_data(
             job.records,
             self.tokenizer,
@@ -453,7 +453,12 @@ def _load_config(model_path: Path) -> Any:
         ) from None
 
 
-def _load_tokenizer(model_path: Path) -> Any:
+def load_tokenizer(model_path: Path) -> Any:
+    """The model directory's tokenizer (local files only, no remote code).
+
+    Raises:
+        InputError: no loadable tokenizer there.
+    """
     from transformers import AutoTokenizer
 
     try:
