@@ -44,6 +44,7 @@ __all__ = [
     "load_records",
     "make_batch",
     "prepare_data",
+    "render_record",
 ]
 
 IGNORE_INDEX = -100
@@ -371,8 +372,12 @@ def split_records(
     return train, val
 
 
-def _render(record: Record, tokenizer: Any) -> tuple[str, str, bool]:
-    """``(prompt, answer, templated)``: through the chat template when there is one."""
+def render_record(record: Record, tokenizer: Any) -> tuple[str, str, bool]:
+    """``(prompt, answer, templated)``: through the tokenizer's chat template when it has one.
+
+    Raises:
+        Exception: whatever the template raises (the pre-flight renders in a sandbox).
+    """
     if record.messages is not None and getattr(tokenizer, "chat_template", None):
         messages = [{"role": r, "content": c} for r, c in record.messages]
         prompt = tokenizer.apply_chat_template(
@@ -407,7 +412,7 @@ def _documents(
     adding BOS (as ``apply_chat_template(tokenize=True)`` does), and EOS is appended only
     when the answer does not already contain it (templates close each turn with it).
     """
-    rendered = [_render(r, tokenizer) for r in records]
+    rendered = [render_record(r, tokenizer) for r in records]
     eos = tokenizer.eos_token_id
     docs: list[tuple[list[int], list[bool]]] = [([], [])] * len(rendered)
     for templated in (False, True):

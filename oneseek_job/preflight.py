@@ -593,14 +593,14 @@ def _render_bounded(tokenizer: Any, samples: list[Record]) -> str | None:
 
 
 def _render_child(tokenizer: Any, samples: list[Record], sender: Any) -> None:
-    from oneseek_job.data import _render
+    from oneseek_job.data import render_record
 
     _limit_memory(TEMPLATE_MEMORY_BYTES)
     answer: str | None = None
     for record in samples:
         where = f"{Path(record.source).name}:{record.line}"
         try:
-            prompt, answer_text = _render(record, tokenizer)
+            prompt, answer_text, _ = render_record(record, tokenizer)
         except MemoryError:
             answer = f"rendering {where} needs more than {TEMPLATE_MEMORY_BYTES >> 30} GiB"
             break
