@@ -186,7 +186,12 @@ def test_chat_records_render_through_template_when_present(tokenizer) -> None:
         "Question: Hej?\nAnswer:", " Hej!", 1, "x", (("user", "Hej?"), ("assistant", "Hej!"))
     )
     other = Record("", "Riksdagen stiftar lagar.", 2, "x")
-    plain = prepare_data([record, other] * 3, tokenizer, seq_len=64, val_fraction=0.3, seed=0)
+    original = tokenizer.chat_template
+    tokenizer.chat_template = None
+    try:
+        plain = prepare_data([record, other] * 3, tokenizer, seq_len=64, val_fraction=0.3, seed=0)
+    finally:
+        tokenizer.chat_template = original
     tokenizer.chat_template = (
         "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -196,7 +201,7 @@ def test_chat_records_render_through_template_when_present(tokenizer) -> None:
             [record, other] * 3, tokenizer, seq_len=64, val_fraction=0.3, seed=0
         )
     finally:
-        tokenizer.chat_template = None
+        tokenizer.chat_template = original
     assert templated.train_tokens != plain.train_tokens
 
 
@@ -213,7 +218,10 @@ def _documents_of(blocks) -> list[list[int]]:
 
 
 def test_chat_template_tokens_are_not_doubled(tokenizer) -> None:
+    from oneseek_job.demo import CHAT_TEMPLATE
+
     # The demo template emits {{ bos_token }} and closes every turn with EOS itself.
+    assert tokenizer.chat_template == CHAT_TEMPLATE
     records = [
         Record(
             "",
