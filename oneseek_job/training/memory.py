@@ -112,10 +112,13 @@ def estimate_memory(
         activations = tokens * layers * per_layer
     # Backward of the last layer briefly holds gradients beside the saved tensors.
     activations += tokens * 2 * max(inter, q) * a
-    # Logits of every target token and their gradient in the model's dtype, then one
-    # chunk's fp32 working set (upcast unless already fp32, log-softmax, its gradient).
-    fp32_work = (0 if a == _FP32 else _FP32) + 2 * _FP32
-    loss = tokens * vocab * 2 * a + min(tokens, loss_chunk_tokens) * vocab * fp32_work
+    # fp32 log-softmax output, its gradient and the loss gradient (12 bytes per logit), plus
+    # the model-dtype logits when they are not fp32 already; chunked (loss.py), only one
+    # chunk has the fp32 part and the whole batch keeps model-dtype logits and gradient.
+    if tokens <= loss_chunk_tokens:
+        loss = tokens * vocab * (3 * _FP32 + (0 if a == _FP32 else a))
+    else:
+        loss = tokens * vocab * 2 * a + loss_chunk_tokens * vocab * 3 * _FP32
     loss += tokens * h * 2 * a  # the final norm
     return MemoryEstimate(weights=weights, adapter=adapter, activations=activations, loss=loss)
 
