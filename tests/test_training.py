@@ -548,3 +548,36 @@ def test_chunked_cross_entropy_is_exact_in_value_and_gradient() -> None:
     torch.testing.assert_close(chunked, whole.float() if chunked.dtype != whole.dtype else whole)
     torch.testing.assert_close(grad_chunked, grad_whole)
     assert chunk_rows(128_256) == 523 and chunk_rows(10) > 10**6
+
+
+def test_stop_requested_before_training_exits_75_without_loading(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A SIGTERM during discovery or S3 checks (the flag set early) stops at the start."""
+    from oneseek_job.signals import StopFlag
+
+    early = StopFlag()
+    early.set()
+    with pytest.raises(Preempted, match="before training"):
+        run(tiny_llama, tmp_path, stop=early)
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "adapter").exists()
+
+
+def test_cli_installs_the_sigterm_handler_at_process_start(tmp_path: Path) -> None:
+    """As PID 1 a process without a handler drops SIGTERM; main() installs one first."""
+    script = (
+        "import signal, sys\n"
+        "from oneseek_job import cli\n"
+        "from oneseek_job.signals import STOP\n"
+        "sys.argv = ['oneseek-job', 'version']\n"
+        "try:\n"
+        "    cli.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "signal.raise_signal(signal.SIGTERM)\n"  # would kill the process without a handler
+        "print('stop flag', STOP.is_set)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "stop flag True" in done.stdout, done.stderr[-500:]

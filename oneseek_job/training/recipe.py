@@ -148,6 +148,11 @@ class LoraRecipe:
         import torch
 
         job, train = self.job, self.job.train
+        # 0) a SIGTERM that arrived before this model started: stop now, nothing to save
+        if job.stop.is_set:
+            raise Preempted(
+                f"SIGTERM before training {job.key} started; re-run with the same RUN_ID"
+            )
         # 1) device and process group (under torchrun every rank takes its slice)
         want_cuda = (job.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith(
             "cuda"
