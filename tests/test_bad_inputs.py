@@ -55,10 +55,13 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _fsize_wrap(fsize: int | None) -> list[str]:
     # RLIMIT_FSIZE through a tiny exec wrapper (no preexec_fn: the corpus runs in threads).
     # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG like a full disk.
+    # No bytecode writes under the limit: importlib does not check short writes, so a .pyc
+    # cut at the limit would be left behind and break every later process (fresh clones).
     if fsize is None:
         return []
     code = (
         "import os, resource, sys; "
+        "os.environ['PYTHONDONTWRITEBYTECODE'] = '1'; "
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize})); "
         "os.execvp(sys.argv[1], sys.argv[1:])"
     )
