@@ -204,7 +204,7 @@ def test_a_dead_local_holder_is_taken_over_at_once(tmp_path: Path) -> None:
 def test_checkpoint_temp_dirs_are_named_per_writer(tmp_path: Path) -> None:
     """Two pods on one checkpoint volume both run as PID 1: a PID-named temp dir would be
     shared. The name carries the writer id, and a failed write leaves nothing behind."""
-    from oneseek_job.training import _atomic_dir
+    from oneseek_job.training.checkpoint import _atomic_dir
 
     seen: list[str] = []
 
