@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import oneseek_job.training.checkpoint as ckpt
 from oneseek_job.config import LoraSettings, TrainSettings
 from oneseek_job.data import PackedData, Record, make_batch, prepare_data
 from oneseek_job.errors import InputError, Preempted
 from oneseek_job.logs import get_logger
 from oneseek_job.signals import STOP, StopFlag
-from oneseek_job.training import checkpoint as ckpt
 from oneseek_job.training.adapters import finish_adapter_dir
 from oneseek_job.training.attention import DOC_SDPA, FLEX, VARLEN, register_attention
 from oneseek_job.training.distributed import Dist, barrier, init_distributed, stop_requested
