@@ -81,6 +81,18 @@ def _field(pod: dict[str, Any], path: str) -> str:
     return str(pod["metadata"][path.split(".")[1]])
 
 
+# Kubernetes' dependent variables: $(NAME) of a variable defined earlier in the list; $$
+# is a literal $; a reference to anything else stays as written.
+_ENV_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """``value`` with ``$(NAME)`` expanded as the kubelet expands a container's ``value``."""
+    return _ENV_REF.sub(
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value
+    )
+
+
 def pod_env(
     container: dict[str, Any], pod: dict[str, Any], configmaps: dict[str, dict[str, str]]
 ) -> dict[str, str]:
@@ -89,7 +101,7 @@ def pod_env(
     for var in container.get("env", []):
         source = var.get("valueFrom")
         if source is None:
-            env[var["name"]] = var["value"]
+            env[var["name"]] = expand(var["value"], env)
         elif "fieldRef" in source:
             env[var["name"]] = _field(pod, source["fieldRef"]["fieldPath"])
         elif "configMapKeyRef" in source:
