@@ -22,6 +22,7 @@ __all__ = [
     "load_docs",
     "pod_spec",
     "restricted_violations",
+    "schema_at",
     "validate_strict",
 ]
 
@@ -107,6 +108,43 @@ def crd_validate_strict(obj: dict[str, Any]) -> None:
     """
     schema = _crd_schemas()[(obj["apiVersion"], obj["kind"])]
     jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
+
+
+def _builtin_schema(api_version: str, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """kubernetes-validate's strict schema of a built-in kind and the definitions it refers to."""
+    from kubernetes_validate.utils import schema_contents
+
+    version = kubernetes_validate.utils.all_versions()[-1]
+    folder = f"kubernetes-json-schema/v{version}-local-strict"
+    group = api_version.split("/")[0].split(".")[0] + "-" if "/" in api_version else ""
+    name = f"{kind.lower()}-{group}{api_version.split('/')[-1]}.json"
+    schema = schema_contents(f"{folder}/{name}", version)
+    return schema, schema_contents(f"{folder}/_definitions.json", version)["$defs"]
+
+
+def schema_at(api_version: str, kind: str, path: list[str | int]) -> dict[str, Any] | None:
+    """The schema of the field at ``path`` in an object of that kind; None where no such
+    field exists. Custom resources use their CRD under tests/crds/, built-in kinds the
+    schema kubernetes-validate ships. Map values (labels, annotations) take any key."""
+    if (api_version, kind) in _crd_schemas():
+        node, definitions = _crd_schemas()[(api_version, kind)], {}
+    else:
+        node, definitions = _builtin_schema(api_version, kind)
+    for part in path:
+        while "$ref" in node:
+            node = definitions[node["$ref"].rsplit("/", 1)[-1]]
+        if isinstance(part, int):
+            found = node.get("items")
+        elif part in node.get("properties", {}):
+            found = node["properties"][part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            found = node["additionalProperties"]
+        else:
+            found = None
+        if not isinstance(found, dict):
+            return None
+        node = found
+    return node
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
