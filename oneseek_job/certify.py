@@ -256,14 +256,21 @@ def mark_done(store: Store, result: ModelResult, run_id: str) -> bool:
             for f in manifest.files
             if f.path in result.files
         }
-    if earlier == result.files:
-        log.info("model_done_identical", tag="upload", model=result.key, run_id=run_id)
-        return written
+    # Only the trained bytes count: the telemetry published with a model (metrics/
+    # history, TensorBoard events) records one attempt's timings and differs between any
+    # two attempts; the first marker's copy is the one published.
     changed = sorted(
         path
         for path in set(earlier) | set(result.files)
-        if earlier.get(path) != result.files.get(path)
+        if _is_trained(path) and earlier.get(path) != result.files.get(path)
     )
+    if not changed:
+        log.info("model_done_identical", tag="upload", model=result.key, run_id=run_id)
+        return written
+    if is_committed(store, run_id):
+        # Our blobs (and, if written, our marker) landed in a committed run's staging area,
+        # which its certifier may already have removed: finishing the run removes them.
+        finish_run(store, run_id)
     raise RunConflictError(
         f"model {result.key} of run {run_id} was already finished by another attempt with "
         f"other bytes ({', '.join(changed[:3])}{', …' if len(changed) > 3 else ''}); the "
@@ -564,19 +571,23 @@ def _content_differences(winner: Manifest | None, ours: Manifest) -> list[str]:
         problems.append("inputs differ")
 
     def trained(m: Manifest) -> dict[str, str]:
-        return {
-            f.path: f.sha256 for f in m.files if f.path.startswith(("lora_adapters/", "weights/"))
-        }
+        return {f.path: f.sha256 for f in m.files if _is_trained(f.path)}
 
     ours_trained, theirs = trained(ours), trained(winner)
     changed = sorted(
-        p
-        for p in set(ours_trained) | set(theirs)
-        if ours_trained.get(p) != theirs.get(p) and not p.endswith(layout.OMS_SIGNATURE_NAME)
+        p for p in set(ours_trained) | set(theirs) if ours_trained.get(p) != theirs.get(p)
     )
     if changed:
         problems.append(f"files {', '.join(changed[:3])} differ")
     return problems
+
+
+def _is_trained(path: str) -> bool:
+    """Whether a run-relative path is trained content (adapter, weights), not telemetry or
+    a signature: what two attempts or certifiers of one run must agree on."""
+    return path.startswith(("lora_adapters/", "weights/")) and not path.endswith(
+        layout.OMS_SIGNATURE_NAME
+    )
 
 
 def commit_manifest(store: Store, run_id: str, manifest: bytes) -> bool:

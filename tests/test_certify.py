@@ -3,7 +3,7 @@ identity, racing trainers and certifiers, crash convergence, CURRENT ordering, p
 OpenSSF model signatures checked by the upstream verifier.
 
 The races drive the publish layer (staging, done markers, certification) of tiny fake
-adapters from threads, so 20 trials per store stay cheap; test_faults.py races the real CLI.
+adapters from threads, so many trials stay cheap; test_races_cli.py races the real CLI.
 """
 
 from __future__ import annotations
@@ -204,8 +204,10 @@ def test_committed_run_is_never_written_again(
 
 
 # Trials per store, sized for CI on a 2-core VM: a moto trial (a Python server, every upload
-# read back) costs ~10x a local one. 20 + 10 + 6 = 36 races of each kind per test run.
-TRIALS = {"local": 20, "seaweedfs": 10, "moto": 6}
+# read back) costs ~10x a local one. On S3 these thread races keep the tight 0–0.3 s window
+# that processes cannot hit reliably; tests/test_races_cli.py races real `oneseek-job`
+# processes on both servers. 20 + 3 + 2 = 25 races of each kind per test run.
+TRIALS = {"local": 20, "seaweedfs": 3, "moto": 2}
 
 
 @pytest.mark.parametrize("trial_set", ["trainers", "certifiers"])
