@@ -382,7 +382,7 @@ def test_compiled_model_checkpoint_keys_round_trip(tiny_llama: Path, tmp_path: P
     compiled = torch.compile(trained)  # wrapping is lazy: nothing is compiled here
     optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad])
     ckpt.save_checkpoint(
-        tmp_path, step=3, micro=3, epoch=0, model=compiled, optimizer=optimizer,
+        tmp_path, step=3, position=3, epoch=0, model=compiled, optimizer=optimizer,
         rng=ckpt.rng_state(), meta={"fingerprint": "f"},
     )  # fmt: skip
     resume = ckpt.load_latest(tmp_path, "f")

@@ -53,8 +53,16 @@ _CKPT_PREFIX = "step-"
 # Prefixes that wrappers put in front of the PeftModel's own keys.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # Settings that change what training computes; the rest (log/checkpoint cadence, policy
-# flags) may differ between an interrupted run and its resume.
-_FINGERPRINT_EXCLUDE = {"log_every", "checkpoint_every", "allow_regression", "skip_bad_records"}
+# flags) may differ between an interrupted run and its resume. The micro-batch size only
+# splits a step's blocks into forward passes (the step's gradient is the same sum), so a
+# group resized onto GPUs of another memory may change it too.
+_FINGERPRINT_EXCLUDE = {
+    "log_every",
+    "checkpoint_every",
+    "allow_regression",
+    "skip_bad_records",
+    "micro_batch_size",
+}
 
 
 # --------------------------------------------------------------------------- adapter state
@@ -123,9 +131,15 @@ def load_adapter_state(model: Any, state: dict[str, Any], *, source: str) -> Non
 
 
 def fingerprint(
-    model_path: Path, lora: LoraSettings, train: TrainSettings, data: PackedData, world: int
+    model_path: Path, lora: LoraSettings, train: TrainSettings, data: PackedData
 ) -> str:
-    """What a checkpoint must have been trained with to be resumed (settings, data, model)."""
+    """What a checkpoint must have been trained with to be resumed (settings, data, model).
+
+    Not the number of processes: the data order, the blocks of each step and the step count
+    do not depend on it (:mod:`oneseek_job.training.schedule`), so a group may resume with
+    another size. The blocks per step are kept in the checkpoint's state instead, and the
+    recipe refuses a group too large to split them.
+    """
     digest = hashlib.sha256()
     settings = {
         "model": model_path.name,
@@ -133,7 +147,6 @@ def fingerprint(
         "train": {
             k: v for k, v in train.model_dump(mode="json").items() if k not in _FINGERPRINT_EXCLUDE
         },
-        "world": world,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for tensor in (data.train.input_ids, data.train.targets, data.val.input_ids):
@@ -213,7 +226,7 @@ def save_checkpoint(
     checkpoint_dir: Path,
     *,
     step: int,
-    micro: int,
+    position: int,
     epoch: int,
     model: Any,
     optimizer: Any,
@@ -233,7 +246,7 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
         # state.json is written last: its presence marks the checkpoint complete.
-        state = {"step": step, "micro": micro, "epoch": epoch, **meta}
+        state = {"step": step, "position": position, "epoch": epoch, **meta}
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
 
     target = checkpoint_dir / f"{_CKPT_PREFIX}{step:08d}"
@@ -330,7 +343,7 @@ class Resume:
 
     path: Path
     step: int
-    micro: int
+    position: int  # the stream position of the step's first block
     state: dict[str, Any]
     adapter: dict[str, Any]
     optimizer: dict[str, Any]
@@ -357,7 +370,7 @@ def load_latest(checkpoint_dir: Path, fingerprint: str) -> Resume | None:
             return Resume(
                 path=path,
                 step=int(state["step"]),
-                micro=int(state["micro"]),
+                position=int(state["position"]),
                 state=state,
                 adapter=load_file(str(path / "adapter.safetensors")),
                 optimizer=torch.load(path / "optimizer.pt", weights_only=True),

@@ -35,7 +35,7 @@ from oneseek_job.training.attention import DOC_SDPA, FLEX, VARLEN, register_atte
 from oneseek_job.training.distributed import Dist, barrier, init_distributed, stop_requested
 from oneseek_job.training.loss import batch_loss, chunk_rows, evaluate
 from oneseek_job.training.memory import estimate_memory, preflight_disk, preflight_memory
-from oneseek_job.training.schedule import BlockOrder, Plan, make_plan
+from oneseek_job.training.schedule import BlockOrder, Plan, make_plan, requested_step_blocks
 from oneseek_job.training.targets import target_modules
 
 __all__ = ["LoraRecipe", "TrainJob", "TrainOutcome", "load_tokenizer", "run_recipe"]
@@ -178,9 +178,12 @@ class LoraRecipe:
         )
         # 4) plan, identity, memory: still no weights loaded
         self.plan: Plan = make_plan(len(self.data.train), train.seq_len, self.ctx.world, train)
-        self.fingerprint = ckpt.fingerprint(
-            job.model_path, job.lora, train, self.data, self.ctx.world
-        )
+        self.fingerprint = ckpt.fingerprint(job.model_path, job.lora, train, self.data)
+        # A checkpoint fixes the blocks per step; a group too large for them is refused here,
+        # before the weights load.
+        self.resume = ckpt.load_latest(job.checkpoint_dir, self.fingerprint)
+        if self.resume is not None:
+            self.plan = self._resumed_plan(self.resume)
         cuda = self.device.type == "cuda"
         self.memory = estimate_memory(
             job.model_path,
@@ -218,13 +221,20 @@ class LoraRecipe:
             weight_decay=train.weight_decay,
             fused=cuda,
         )
-        self.resume = ckpt.load_latest(job.checkpoint_dir, self.fingerprint)
         if self.resume is not None:
             ckpt.load_adapter_state(self.peft, self.resume.adapter, source=str(self.resume.path))
             self._optimizer.load_state_dict(self.resume.optimizer)
             self.base_val = float(self.resume.state["base_val_loss"])
-            log.info("resuming", tag="training", model=job.key, step=self.resume.step)
+            log.info(
+                "resuming",
+                tag="training",
+                model=job.key,
+                step=self.resume.step,
+                world=self.ctx.world,
+                checkpoint_world=self.resume.state.get("world"),
+            )
         else:
+            self._warn_raised_batch()
             with self.peft.disable_adapter():
                 self.base_val = self._evaluate(self.peft, self.data.val)
             if self.ctx.main:
@@ -242,6 +252,40 @@ class LoraRecipe:
             ckpt.set_rng_state(self.resume.rng)
         else:
             torch.manual_seed(train.seed + self.ctx.rank)
+
+    def _resumed_plan(self, resume: ckpt.Resume) -> Plan:
+        """The checkpoint's plan, spread over this group, which may have another size.
+
+        The blocks per step are the checkpoint's (the interrupted group may have raised them
+        to its own size), so the data order, the steps and the schedule continue unchanged.
+
+        Raises:
+            InputError: this group has more processes than a step has blocks.
+        """
+        job, train, world = self.job, self.job.train, self.ctx.world
+        step_blocks = int(resume.state["step_blocks"])
+        if step_blocks < world:
+            raise InputError(
+                f"checkpoint {resume.path} of {job.key} has {step_blocks} block(s) of "
+                f"{train.seq_len} tokens per step, fewer than the {world} processes of this "
+                "group (each needs at least one block): resume with at most "
+                f"{step_blocks} process(es), or delete {job.checkpoint_dir} to train "
+                f"{job.key} again"
+            )
+        return make_plan(len(self.data.train), train.seq_len, world, train, step_blocks)
+
+    def _warn_raised_batch(self) -> None:
+        requested = requested_step_blocks(self.job.train.seq_len, self.job.train)
+        if self.ctx.main and self.plan.step_blocks > requested:
+            log.warning(
+                "batch_raised_to_world",
+                tag="config",
+                model=self.job.key,
+                requested_blocks=requested,
+                step_blocks=self.plan.step_blocks,
+                hint=f"ONESEEK_BATCH_TOKENS gives {requested} blocks per step, fewer than "
+                f"the {self.ctx.world} processes; each step reads one block per process",
+            )
 
     def _autocast(self) -> Any:
         import torch
@@ -265,7 +309,7 @@ class LoraRecipe:
         order = BlockOrder(plan, train.seed)
         counts = (self.data.train.targets != -100).sum(dim=1)
         start = self.resume.step if self.resume is not None else 0
-        tokens_per_step = plan.accum * plan.micro_batch * plan.world * train.seq_len
+        tokens_per_step = plan.step_blocks * train.seq_len
         window_loss, window_tokens = torch.zeros((), device=dev), 0.0
         window_start, window_steps = time.monotonic(), 0
         self.loop_started, self.last_train_loss = time.monotonic(), float("nan")
@@ -275,10 +319,9 @@ class LoraRecipe:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             rng = ckpt.rng_state()  # the state a resume from "step done" must start with
-            first = step * plan.accum
             stopping = stop_requested(job.stop.is_set, ctx)
             if stopping or (step > start and step % train.checkpoint_every == 0):
-                self.save_checkpoint(step, first, rng, order)
+                self.save_checkpoint(step, rng, order)
             if stopping:
                 log.warning("preemption_requested", tag="training", model=job.key, step=step)
                 raise Preempted(
@@ -286,11 +329,12 @@ class LoraRecipe:
                     f"saved in {job.checkpoint_dir}, re-run with the same RUN_ID to resume"
                 )
             # Step tokens over all ranks: known from the block order, so no all-reduce.
-            micros = range(first, first + plan.accum)
-            step_tokens = sum(int(counts[order.global_indices(m)].sum()) for m in micros)
-            for micro in micros:
-                sync = micro == micros[-1] or ctx.world == 1
-                idx = order.rank_indices(micro, ctx.rank)
+            step_tokens = int(counts[order.step_indices(step)].sum())
+            micros = order.rank_micro_batches(step, ctx.rank)
+            for k, idx in enumerate(micros):
+                # Ranks may run one micro-batch more or less than others; each reduces its
+                # gradient once, with its last backward.
+                sync = k == len(micros) - 1 or ctx.world == 1
                 batch = make_batch(self.data.train, idx).to(dev)
                 with contextlib.nullcontext() if sync else model.no_sync():
                     loss_sum = batch_loss(model, batch, self._autocast)
@@ -312,7 +356,7 @@ class LoraRecipe:
                     "phase": "train",
                     "step": done,
                     "total_steps": plan.total_steps,
-                    "epoch": order.epoch_of(done * plan.accum - 1) + 1,
+                    "epoch": order.epoch_of(done * plan.step_blocks - 1) + 1,
                     "total_epochs": plan.epochs,
                     "loss": self.last_train_loss,
                     "lr": lr,
@@ -329,14 +373,15 @@ class LoraRecipe:
                 window_tokens, window_start, window_steps = 0.0, time.monotonic(), 0
         self.loop_seconds = time.monotonic() - self.loop_started
 
-    def save_checkpoint(self, step: int, first_micro: int, rng: Any, order: BlockOrder) -> None:
+    def save_checkpoint(self, step: int, rng: Any, order: BlockOrder) -> None:
         """Rank 0 writes ``step-N``; every rank waits for it."""
         if self.ctx.main:
+            position = step * self.plan.step_blocks
             ckpt.save_checkpoint(
                 self.job.checkpoint_dir,
                 step=step,
-                micro=first_micro,
-                epoch=order.epoch_of(first_micro),
+                position=position,
+                epoch=order.epoch_of(position),
                 model=self.peft,
                 optimizer=self._optimizer,
                 rng=rng,
@@ -345,6 +390,9 @@ class LoraRecipe:
                     "base_val_loss": self.base_val,
                     "key": self.job.key,
                     "total_steps": self.plan.total_steps,
+                    # What a resumed group needs: the step's blocks, split over any size.
+                    "step_blocks": self.plan.step_blocks,
+                    "world": self.ctx.world,
                     "settings": self.job.train.model_dump(mode="json"),
                 },
             )
@@ -361,7 +409,7 @@ class LoraRecipe:
         else:
             final_val = self._evaluate(self.peft, self.data.val)
             start = self.resume.step if self.resume is not None else 0
-            tokens = (plan.total_steps - start) * plan.accum * plan.micro_batch * plan.world
+            tokens = (plan.total_steps - start) * plan.step_blocks
             fields = {
                 "fingerprint": self.fingerprint,
                 "base_val_loss": self.base_val,

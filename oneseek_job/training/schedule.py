@@ -1,9 +1,13 @@
-"""Pure arithmetic of a run: the learning rate per step and which blocks each micro-step reads.
+"""Pure arithmetic of a run: the learning rate per step and which blocks each step reads.
 
-Determinism: the micro-batch at global index ``m`` is a pure function of ``(seed, m)``
-(a per-epoch seeded permutation of the packed blocks) and the learning rate a pure
-function of the step, so a checkpoint only needs the step, adapter, optimizer and RNG
-states to continue exactly where it stopped.
+Determinism: the packed blocks form one stream (a seeded permutation per epoch), optimizer
+step ``s`` reads the ``step_blocks`` blocks at stream positions ``s * step_blocks`` onwards,
+and the learning rate is a pure function of the step. None of it depends on the number of
+processes: each rank takes its contiguous slice of the step's blocks, in micro-batches of
+at most ``micro_batch`` blocks, and the loss is normalised by the step's tokens over all
+ranks, so the summed gradient is the same for any world size (up to float summation order).
+A checkpoint therefore needs only the step, adapter, optimizer and RNG states, and a group
+that restarts with another number of processes continues the same run.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 from oneseek_job.config import TrainSettings
 
-__all__ = ["BlockOrder", "Plan", "lr_at", "make_plan"]
+__all__ = ["BlockOrder", "Plan", "lr_at", "make_plan", "requested_step_blocks"]
 
 
 def lr_at(
@@ -45,13 +49,12 @@ def lr_at(
 
 @dataclass(frozen=True)
 class Plan:
-    """How packed blocks map onto micro-batches and steps."""
+    """How packed blocks map onto optimizer steps, and onto this group's ranks."""
 
     n_blocks: int
+    step_blocks: int  # blocks per optimizer step, over all ranks
     micro_batch: int
     world: int
-    accum: int
-    micro_per_epoch: int
     total_steps: int
     warmup_steps: int
     epoch_limit: int | None  # the requested epochs when they, not max_steps, set the length
@@ -59,7 +62,7 @@ class Plan:
     @property
     def epochs(self) -> int:
         """Epochs the run touches (at least one)."""
-        natural = max(1, math.ceil(self.total_steps * self.accum / self.micro_per_epoch))
+        natural = max(1, math.ceil(self.total_steps * self.step_blocks / self.n_blocks))
         return min(natural, self.epoch_limit) if self.epoch_limit else natural
 
     def lr(self, step: int, train: TrainSettings) -> float:
@@ -73,18 +76,32 @@ class Plan:
         )
 
 
-def make_plan(n_blocks: int, seq_len: int, world: int, train: TrainSettings) -> Plan:
-    """Accumulation, steps and warmup for ``n_blocks`` packed blocks over ``world`` ranks."""
-    per_micro = train.micro_batch_size * world
-    accum = max(1, train.batch_tokens // (seq_len * per_micro))
-    micro_per_epoch = max(1, math.ceil(n_blocks / per_micro))
-    total = train.max_steps or max(1, math.ceil(train.epochs * micro_per_epoch / accum))
+def requested_step_blocks(seq_len: int, train: TrainSettings) -> int:
+    """Blocks per optimizer step the settings ask for (``batch_tokens / seq_len``, at least 1)."""
+    return max(1, train.batch_tokens // seq_len)
+
+
+def make_plan(
+    n_blocks: int, seq_len: int, world: int, train: TrainSettings, step_blocks: int | None = None
+) -> Plan:
+    """Steps and warmup for ``n_blocks`` packed blocks, spread over ``world`` ranks.
+
+    Args:
+        n_blocks: packed training blocks.
+        seq_len: tokens per block.
+        world: processes in the group.
+        train: the settings (batch tokens, micro-batch, epochs or max steps, warmup).
+        step_blocks: blocks per step, when a checkpoint fixed them; default from the
+            settings, raised to ``world`` so that every rank has at least one block.
+    """
+    if step_blocks is None:
+        step_blocks = max(requested_step_blocks(seq_len, train), world)
+    total = train.max_steps or max(1, math.ceil(train.epochs * n_blocks / step_blocks))
     return Plan(
         n_blocks=n_blocks,
+        step_blocks=step_blocks,
         micro_batch=train.micro_batch_size,
         world=world,
-        accum=accum,
-        micro_per_epoch=micro_per_epoch,
         total_steps=total,
         warmup_steps=round(total * train.warmup_ratio),
         epoch_limit=None if train.max_steps else train.epochs,
@@ -92,11 +109,11 @@ def make_plan(n_blocks: int, seq_len: int, world: int, train: TrainSettings) -> 
 
 
 class BlockOrder:
-    """Global block indices of micro-batch ``m``: a seeded permutation per epoch.
+    """Global block indices of each step: a stream of seeded per-epoch permutations.
 
-    Every rank computes the same permutation and takes its own slice, so no sampler state
-    needs saving; a short last micro-batch of an epoch wraps around to the epoch's start
-    (as DistributedSampler pads) so all ranks always run the same number of micro-steps.
+    Every rank computes the same stream and takes its own slice, so no sampler state needs
+    saving; a step may cross from one epoch into the next, and with a step count derived
+    from epochs the rounded-up last step re-reads the start of the last epoch.
     """
 
     def __init__(self, plan: Plan, seed: int) -> None:
@@ -104,11 +121,9 @@ class BlockOrder:
         self._seed = seed
         self._cache: dict[int, list[int]] = {}
 
-    def epoch_of(self, micro: int) -> int:
-        """0-based epoch of micro-step ``micro``."""
-        epoch = micro // self._plan.micro_per_epoch
-        # With a step count derived from epochs, the rounded-up last step re-reads the
-        # start of the last epoch instead of opening one more.
+    def epoch_of(self, position: int) -> int:
+        """0-based epoch of the block at stream ``position``."""
+        epoch = position // self._plan.n_blocks
         limit = self._plan.epoch_limit
         return min(epoch, limit - 1) if limit else epoch
 
@@ -117,18 +132,24 @@ class BlockOrder:
 
         if epoch not in self._cache:
             generator = torch.Generator().manual_seed(self._seed * 1_000_003 + epoch)
-            self._cache = {epoch: torch.randperm(self._plan.n_blocks, generator=generator).tolist()}
+            # A step spans at most two epochs: keep the one before.
+            self._cache = {k: v for k, v in self._cache.items() if k == epoch - 1}
+            self._cache[epoch] = torch.randperm(self._plan.n_blocks, generator=generator).tolist()
         return self._cache[epoch]
 
-    def global_indices(self, micro: int) -> list[int]:
-        """Blocks of micro-step ``micro`` over all ranks."""
+    def step_indices(self, step: int) -> list[int]:
+        """Blocks of optimizer step ``step`` over all ranks, in stream order."""
         plan = self._plan
-        perm = self._perm(self.epoch_of(micro))
-        within = micro - self.epoch_of(micro) * plan.micro_per_epoch
-        width = plan.micro_batch * plan.world
-        return [perm[(within * width + k) % plan.n_blocks] for k in range(width)]
+        first = step * plan.step_blocks
+        positions = range(first, first + plan.step_blocks)
+        return [self._perm(self.epoch_of(p))[p % plan.n_blocks] for p in positions]
 
-    def rank_indices(self, micro: int, rank: int) -> list[int]:
-        """Blocks of micro-step ``micro`` for ``rank``."""
-        width = self._plan.micro_batch
-        return self.global_indices(micro)[rank * width : (rank + 1) * width]
+    def rank_micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """``rank``'s micro-batches of step ``step``: its contiguous slice of the step's
+        blocks (sizes differ by at most one between ranks), ``micro_batch`` at a time."""
+        plan = self._plan
+        blocks = self.step_indices(step)
+        mine = blocks[
+            rank * plan.step_blocks // plan.world : (rank + 1) * plan.step_blocks // plan.world
+        ]
+        return [mine[i : i + plan.micro_batch] for i in range(0, len(mine), plan.micro_batch)]
