@@ -98,7 +98,8 @@ class TrainSettings(_Base):
     seq_len: int = Field(
         2048, ge=16, le=131072, validation_alias=_env("seq_len", "ONESEEK_SEQ_LEN")
     )
-    # Tokens per optimizer step; micro-batches accumulate up to this budget.
+    # Tokens per optimizer step over all processes: batch_tokens // seq_len packed blocks,
+    # split among the processes and accumulated in micro-batches (training/schedule.py).
     batch_tokens: int = Field(
         16384, ge=16, le=1 << 26, validation_alias=_env("batch_tokens", "ONESEEK_BATCH_TOKENS")
     )

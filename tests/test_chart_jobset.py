@@ -279,8 +279,8 @@ def test_failure_mapping_and_queueing(loaded: chart.Chart) -> None:
 
 
 def test_group_shape_names_the_jobset(loaded: chart.Chart) -> None:
-    """A checkpoint is bound to its world size, and replicated jobs are immutable: another
-    shape is another JobSet. nodesPerModel=1 keeps today's Job name."""
+    """Replicated jobs are immutable: another shape is another JobSet (with the same run,
+    which resumes with the new number of processes). nodesPerModel=1 keeps today's Job name."""
     names = {
         nodes: only_jobset(loaded, {"nodesPerModel": nodes})[0]["metadata"]["name"]
         for nodes in (2, 4)

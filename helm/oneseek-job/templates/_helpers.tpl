@@ -113,8 +113,8 @@ The Job's identity: the run hash plus the mode (completionMode cannot change on 
 */}}
 {{- define "oneseek-job.jobHash" -}}
 {{- if gt (.Values.nodesPerModel | int) 1 }}
-{{- /* A JobSet's replicated jobs are immutable, and a checkpoint is bound to its world size:
-  another group shape is another JobSet. */}}
+{{- /* A JobSet's replicated jobs are immutable: another group shape is another JobSet (the
+  same run, which resumes its checkpoints with the new number of processes). */}}
 {{- printf "%s/%s/nodes=%d/gpus=%d" (include "oneseek-job.runHash" .) .Values.mode (.Values.nodesPerModel | int) (include "oneseek-job.procsPerNode" . | int) | sha256sum | trunc 10 }}
 {{- else }}
 {{- printf "%s/%s" (include "oneseek-job.runHash" .) .Values.mode | sha256sum | trunc 10 }}
