@@ -35,15 +35,21 @@ COMPONENTS_OFF = "# components:\n#   - ../kueue/label"
 COMPONENTS_ON = "components:\n  - ../kueue/label"
 
 
-def build(tmp: Path, nodes: int = 2, kueue: bool = False) -> list[dict[str, Any]]:
-    """The overlay with `completions` (nodes per model) set to ``nodes``: the one number a
-    user edits, everything else must follow it."""
+def build(tmp: Path, nodes: int = 2, gpus: int = 1, kueue: bool = False) -> list[dict[str, Any]]:
+    """The overlay with `completions` (nodes per model) set to ``nodes`` and the base pod's
+    GPUs to ``gpus``: the numbers a user edits; everything else must follow them."""
     tree = tmp / "k8s"
     shutil.copytree(K8S, tree)
     spec = tree / "jobset" / "group" / "jobset.yaml"
     text = spec.read_text()
     assert text.count("completions: 2\n") == 1
     spec.write_text(text.replace("completions: 2\n", f"completions: {nodes}\n"))
+    job = tree / "base" / "job.yaml"
+    gpu_env = '- name: ONESEEK_GPU_COUNT\n              value: "1"'
+    text = job.read_text()
+    assert text.count(gpu_env) == text.count("nvidia.com/gpu: 1") == 1
+    text = text.replace(gpu_env, gpu_env.replace('"1"', f'"{gpus}"'))
+    job.write_text(text.replace("nvidia.com/gpu: 1", f"nvidia.com/gpu: {gpus}"))
     if kueue:
         overlay = tree / "jobset" / "kustomization.yaml"
         assert COMPONENTS_OFF in overlay.read_text()
@@ -152,11 +158,11 @@ def test_checker_refuses_a_misspelt_field(shipped: list[dict[str, Any]]) -> None
         crd_validate_strict(jobset)
 
 
-@pytest.mark.parametrize("nodes", [2, 4])
+@pytest.mark.parametrize(("nodes", "gpus"), [(2, 1), (4, 2)])
 def test_each_pod_trains_its_model_at_its_rank(
-    tmp_path: Path, nodes: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, nodes: int, gpus: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    docs = build(tmp_path, nodes)
+    docs = build(tmp_path, nodes, gpus)
     jobset = only(docs, "JobSet")
     configmap = only(docs, "ConfigMap")
     models = parse_base_models(configmap["data"]["BASE_MODELS"])
@@ -186,7 +192,7 @@ def test_each_pod_trains_its_model_at_its_rank(
         )
         group = group_from_env(env)
         assert group is not None
-        assert (group.nnodes, group.nproc_per_node) == (nodes, 1)
+        assert (group.nnodes, group.nproc_per_node) == (nodes, gpus) == (nodes, settings.gpu_count)
         assert group.node_rank == pod["pod_index"]
         # The rendezvous host is a real pod: pod 0 of this model's own child Job.
         master = fqdns[group.master_addr]
