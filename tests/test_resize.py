@@ -40,6 +40,9 @@ from tests.test_training import make_records
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10
 SEQ_LEN = 64
+# Three blocks per step: two processes split them 1 + 2, so their micro-batch counts differ
+# (each reduces its gradient once, with its last backward).
+BATCH = 3 * SEQ_LEN
 
 # --------------------------------------------------------------------------- arithmetic
 
@@ -117,8 +120,8 @@ WORKER = textwrap.dedent(
 
 
 def train_once(model: Path, out: Path, batch_tokens: int, **kw: Any) -> Any:
-    """One model, 10 steps of ``batch_tokens`` (2 blocks of 64 tokens unless told), no
-    dropout: what every process of every group size trains."""
+    """One model, 10 steps of ``batch_tokens`` tokens (blocks of 64), no dropout: what every
+    process of every group size trains."""
     return train_model(
         key="tiny",
         model_path=model,
@@ -192,13 +195,13 @@ def test_two_processes_then_one_then_two_reach_the_uninterrupted_adapter(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     uninterrupted = tmp_path / "alone"
-    train_once(tiny_model, uninterrupted, 2 * SEQ_LEN)
+    train_once(tiny_model, uninterrupted, BATCH)
     reference = torch.load(uninterrupted / "tiny.pth", weights_only=True)
 
     # Two processes until SIGTERM: both exit 75, rank 0 saved the checkpoint.
     out = tmp_path / "group"
     out.mkdir()
-    workers = start_workers(tiny_model, out, 2 * SEQ_LEN, world=2)
+    workers = start_workers(tiny_model, out, BATCH, world=2)
     deadline = time.monotonic() + 300
     while not (out / "ready").exists():
         assert all(w.poll() is None for w in workers), finish(workers)
@@ -218,14 +221,14 @@ def test_two_processes_then_one_then_two_reach_the_uninterrupted_adapter(
 
     try:
         with pytest.raises(Preempted):
-            train_once(tiny_model, out, 2 * SEQ_LEN, on_progress=stop_two_steps_on)
+            train_once(tiny_model, out, BATCH, on_progress=stop_two_steps_on)
     finally:
         STOP.clear()
     assert step_of(out / "ckpt") == first + 2
     assert not (out / "tiny.pth").exists()
 
     # Two processes again finish the run.
-    results = finish(start_workers(tiny_model, out, 2 * SEQ_LEN, world=2))
+    results = finish(start_workers(tiny_model, out, BATCH, world=2))
     assert [code for code, _ in results] == [0, 0], results
     resumed = torch.load(out / "tiny.pth", weights_only=True)
     assert resumed.keys() == reference.keys() and reference
