@@ -44,6 +44,7 @@ __all__ = [
     "read_current",
     "read_manifest",
     "read_results",
+    "run_order",
     "stage_files",
 ]
 
@@ -497,6 +498,7 @@ def _stage_run(
         started_at=min((r.started_at for r in results), key=instant),
         inputs=inputs,
         model_inputs={r.key: r.base_model_digests for r in results},
+        carried_over={r.key: r.carried_from for r in results if r.carried_from is not None},
     )
     if signing_key is not None:
         store.put_bytes(
@@ -691,12 +693,16 @@ def _remove_staging(store: Store, run_id: str) -> None:
 
 
 def _ordering_key(store: Store, run_id: str) -> tuple[str, str]:
-    """(start time, run id) of a committed run: CURRENT only ever moves to a larger key.
+    return run_order(run_id, read_manifest(store, run_id))
+
+
+def run_order(run_id: str, manifest: Manifest | None) -> tuple[str, str]:
+    """(start time, run id) of a committed run: CURRENT only ever moves to a larger key, and
+    carry-over takes a model from the largest matching run.
 
     v2 manifests record ``started_at`` (the earliest model start); older runs fall back to
     the UTC time in a default ``run-YYYYMMDD-HHMMSS`` id, else sort first.
     """
-    manifest = read_manifest(store, run_id)
     if manifest is not None and manifest.started_at:
         return (datetime.fromisoformat(manifest.started_at).astimezone(UTC).isoformat(), run_id)
     match = re.fullmatch(r"run-(\d{8})-(\d{6})", run_id)

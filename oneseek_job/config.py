@@ -213,6 +213,9 @@ class JobSettings(_Base):
         False,
         validation_alias=_env("allow_unconditional_writes", "ONESEEK_ALLOW_UNCONDITIONAL_WRITES"),
     )
+    # Reuse a model's adapter from the newest certified run whose per-model inputs equal
+    # this run's instead of training it again (oneseek_job.carry; docs/operations.md).
+    carry_over: bool = Field(True, validation_alias=_env("carry_over", "ONESEEK_CARRY_OVER"))
     # Only ever passed to the S3 client; SecretStr keeps it out of reprs and logs.
     aws_access_key_id: SecretStr | None = Field(
         None, validation_alias=_env("aws_access_key_id", "AWS_ACCESS_KEY_ID")
@@ -344,6 +347,7 @@ _ENV_NAMES: dict[str, str] = {
     "language": "ONESEEK_LANGUAGE",
     "allow_pickle": "ONESEEK_ALLOW_PICKLE",
     "create_bucket": "ONESEEK_CREATE_BUCKET",
+    "carry_over": "ONESEEK_CARRY_OVER",
     "tensorboard": "ONESEEK_TENSORBOARD",
     "metrics_port": "ONESEEK_METRICS_PORT",
     "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",

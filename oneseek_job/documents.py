@@ -20,6 +20,7 @@ __all__ = [
     "INTOTO_STATEMENT_TYPE",
     "MANIFEST_FORMAT",
     "MANIFEST_FORMATS",
+    "CarriedFrom",
     "DnaDocument",
     "Document",
     "FileDigest",
@@ -70,6 +71,22 @@ class ResolvedName(BaseModel):
     exact: bool
 
 
+class CarriedFrom(BaseModel):
+    """Where a carried-over model comes from: an earlier certified run with the same
+    per-model fingerprint (``provenance.model_fingerprint``), whose files and training
+    numbers this run reuses instead of training the model again.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str  # the run the files were copied from
+    manifest_sha256: str  # SHA-256 of that run's MANIFEST.json: pins exactly which files
+    fingerprint: str  # the per-model fingerprint both runs share
+    trained_in: str  # the run that trained the adapter (run_id, unless it was carried there too)
+    trained_started_at: str  # when it was trained (ISO-8601 UTC)
+    trained_finished_at: str
+
+
 class ModelResult(BaseModel):
     """One finished model: the content of its done marker, input to the run's JSON files.
 
@@ -109,6 +126,10 @@ class ModelResult(BaseModel):
     attempt: str = ""  # the process that trained it (id of its staging attempt)
     # Every BASE_MODELS spelling that led to this model, with the rule that matched it.
     resolution: list[ResolvedName] = Field(default_factory=list)
+    # Set when the model was carried over from an earlier run instead of trained: the
+    # numbers above are that training's; started_at / finished_at are this run's (the
+    # carry), so the run's start time (CURRENT's ordering key) stays its own.
+    carried_from: CarriedFrom | None = None
 
 
 class Document(BaseModel):
@@ -148,6 +169,8 @@ class TrainedModel(ModelMetrics):
     started_at: str
     finished_at: str
     resolution: list[ResolvedName] = Field(default_factory=list)
+    # None: trained in this run; else the earlier run it was carried over from.
+    carried_from: CarriedFrom | None = None
 
 
 class WeightsMetadata(Document):
@@ -350,6 +373,8 @@ class Manifest(BaseModel):
     started_at: str | None = None
     inputs: RunInputs | None = None
     model_inputs: dict[str, dict[str, str]] | None = None
+    # Models carried over from earlier runs (key → source); absent before carry-over existed.
+    carried_over: dict[str, CarriedFrom] | None = None
 
 
 class SignatureFile(BaseModel):

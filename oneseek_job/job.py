@@ -22,6 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from oneseek_job import layout
+from oneseek_job.carry import (
+    CarryRefused,
+    Source,
+    check_source,
+    committed_runs,
+    copy_to_staging,
+    could_give,
+    matching_sources,
+)
 from oneseek_job.certify import (
     certify_run,
     check_model_inputs,
@@ -125,7 +134,8 @@ def train_job(
     dataset = _hash_dataset(settings.dataset)
     # The RUN_ID is bound to its inputs: other inputs exit 2 before any training; a
     # committed run with the same inputs is only finished (promotion, CURRENT, cleanup).
-    committed = claim_run(store, settings.run_id, run_inputs(settings, resolutions, dataset))
+    inputs = run_inputs(settings, resolutions, dataset)
+    committed = claim_run(store, settings.run_id, inputs)
     if committed is not None:
         for resolution in selected:
             check_model_inputs(
@@ -136,8 +146,10 @@ def train_job(
         _remove_checkpoints(settings)
         return
     reporter.started(settings.run_id, [r.key for r in selected])
+    sources = _carry_plan(settings, store, selected, inputs)
 
-    # 2. One model at a time; a failure keeps the others' artifacts and markers.
+    # 2. One model at a time (carried over from an earlier run where one matches); a
+    #    failure keeps the others' artifacts and markers.
     failures: list[JobError] = []
     live = _LiveMetrics(
         path=settings.work_dir / settings.run_id / "live_metrics.json",
@@ -152,17 +164,29 @@ def train_job(
         try:
             position = resolutions.index(resolution)
             with _model_lease(settings, resolution.key):
-                _train_and_upload(
+                if _already_done(store, settings.run_id, resolution.key):
+                    continue
+                carried = _carry_over(
                     settings,
                     store,
                     resolution,
                     position,
-                    records,
                     dataset,
-                    reporter,
-                    live,
+                    sources.get(resolution.key, []),
                     telemetry,
                 )
+                if not carried:
+                    _train_and_upload(
+                        settings,
+                        store,
+                        resolution,
+                        position,
+                        records,
+                        dataset,
+                        reporter,
+                        live,
+                        telemetry,
+                    )
         except JobError as error:
             if error.exit_code == EXIT_PREEMPTED:  # stop now, the retry resumes
                 raise
@@ -261,6 +285,131 @@ class _LiveMetrics:
                 log.warning("live_metrics_upload_failed", error=str(error))
 
 
+def _already_done(store: Store, run_id: str, key: str) -> bool:
+    """A retry skips the models whose done marker is there (trained or carried over)."""
+    if store.head(layout.done_marker_key(run_id, key)) is None:
+        return False
+    log.info("model_already_done", tag="training", model=key)
+    return True
+
+
+def _carry_plan(
+    settings: JobSettings, store: Store, selected: list[Resolution], inputs: RunInputs
+) -> dict[str, list[Source]]:
+    """For each selected model, the earlier certified runs with its fingerprint, newest first.
+
+    Base model files are hashed here only for models some run could give (same key and
+    run-wide inputs); the others are hashed while they train, as before.
+    """
+    if not settings.carry_over:
+        log.info("carry_over_plan", tag="mode", enabled=False)
+        return {}
+    runs = committed_runs(store, exclude=settings.run_id)
+    plan: dict[str, list[Source]] = {}
+    for resolution in selected:
+        if could_give(runs, resolution.key, inputs):
+            digests = hash_model_inputs(resolution.model.path)
+            plan[resolution.key] = matching_sources(runs, resolution.key, digests, inputs)
+    log.info(
+        "carry_over_plan",
+        tag="mode",
+        enabled=True,
+        runs=len(runs),
+        sources={r.key: [s.run_id for s in plan.get(r.key, [])][:3] for r in selected},
+    )
+    return plan
+
+
+def _carry_over(
+    settings: JobSettings,
+    store: Store,
+    resolution: Resolution,
+    position: int,
+    dataset: _Dataset,
+    sources: list[Source],
+    telemetry: MetricsSink,
+) -> bool:
+    """Carry the model over from the first source that passes every check; False: train it.
+
+    Every rank checks the source (read-only, the same bytes: the same verdict); rank 0
+    copies the files into staging and writes the done marker. After a source passed, a
+    failing copy is a model failure (the retry checks again), never a fallback to training
+    that the other ranks would not join.
+    """
+    from oneseek_job.training import is_main_process
+
+    key, model = resolution.key, resolution.model
+    signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
+    scratch = settings.work_dir / settings.run_id / "carry"
+    for source in sources:
+        try:
+            verified = check_source(
+                store,
+                source,
+                key,
+                version=settings.model_version,
+                signing_key=signing_key,
+                work_dir=scratch,
+            )
+        except CarryRefused as refused:
+            log.warning(
+                "carry_over_refused",
+                tag="training",
+                model=key,
+                from_run=source.run_id,
+                reason=str(refused),
+            )
+            continue
+        if not is_main_process():
+            return True
+        started = _now()
+        files = copy_to_staging(store, settings.run_id, verified, scratch)
+        entry, origin = verified.entry, verified.origin
+        result = ModelResult(
+            key=key,
+            position=position,
+            display_name=model.display_name,
+            model_path=str(model.path),
+            architecture=model.architecture or model.model_type,
+            base_val_loss=entry.base_val_loss,
+            final_val_loss=entry.final_val_loss,
+            final_train_loss=entry.final_train_loss,
+            improved=entry.improved,
+            certified=entry.certified,
+            steps=entry.steps,
+            epochs=entry.epochs,
+            samples=entry.samples,
+            train_tokens=entry.train_tokens,
+            duration_seconds=entry.duration_seconds,
+            started_at=started,
+            finished_at=_now(),
+            files=files,
+            base_model_digests=dict((source.manifest.model_inputs or {})[key]),
+            dataset_sha256=dataset.sha256,
+            dataset_files=dataset.names,
+            hyperparameters=_hyperparameters(settings),
+            host=socket.gethostname(),
+            image_digest=settings.image_digest,
+            resolution=[ResolvedName(**name) for name in resolution.spellings()],
+            attempt=_ATTEMPT,
+            carried_from=origin,
+        )
+        mark_done(store, result, settings.run_id)
+        log.info(
+            "model_carried_over",
+            tag="upload",
+            model=key,
+            from_run=origin.run_id,
+            trained_in=origin.trained_in,
+            manifest_sha256=origin.manifest_sha256,
+            files=len(files),
+            final_val_loss=entry.final_val_loss,
+        )
+        telemetry.phase(key, "done")
+        return True
+    return False
+
+
 def _train_and_upload(
     settings: JobSettings,
     store: Store,
@@ -275,10 +424,6 @@ def _train_and_upload(
     from oneseek_job.training import is_main_process, train_model
 
     key, model = resolution.key, resolution.model
-    marker = layout.done_marker_key(settings.run_id, key)
-    if store.head(marker) is not None:
-        log.info("model_already_done", tag="training", model=key)
-        return
     log.info("training", tag="training", model=key, display_name=model.display_name)
     digests = hash_model_inputs_async(model.path)  # overlaps with model loading
     staging = settings.work_dir / settings.run_id / "staging" / key

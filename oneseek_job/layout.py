@@ -34,7 +34,9 @@ __all__ = [
     "done_marker_key",
     "identity_key",
     "is_certified_path",
+    "is_model_file",
     "live_key",
+    "manifest_run_id",
     "run_id_from_pointer",
     "run_prefix",
     "staged_signature_key",
@@ -136,6 +138,26 @@ def is_certified_path(relative: str) -> bool:
     if relative in (MANIFEST_NAME, SIGNATURE_NAME):
         return False
     return not relative.split("/", 1)[0].startswith(".")
+
+
+def is_model_file(relative: str, version: str, key: str) -> bool:
+    """Whether a run-relative path is one of the files a model's done marker lists: its
+    adapter directory (less the certifier's OMS signature), its ``.pth`` weights, and its
+    telemetry (progress history, TensorBoard events)."""
+    adapter = f"lora_adapters/{adapter_dir_name(key)}/"
+    if relative.startswith(adapter):
+        return relative != adapter + OMS_SIGNATURE_NAME
+    own = (f"weights/{weights_file_name(version, key)}", f"{METRICS_DIR}/{key}.jsonl")
+    return relative in own or relative.startswith(f"{TENSORBOARD_DIR}/{key}/")
+
+
+def manifest_run_id(key: str) -> str | None:
+    """The run whose MANIFEST.json ``key`` is (``oneseek-certified/<run>/MANIFEST.json``),
+    else None (staging and other dot directories are no runs)."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != CERTIFIED_DIR or parts[2] != MANIFEST_NAME:
+        return None
+    return None if not parts[1] or parts[1].startswith(".") else parts[1]
 
 
 def current_pointer(run_id: str) -> bytes:

@@ -84,6 +84,9 @@ class ModelView:
     tokens_per_second: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
     hardware: dict[str, Any] = field(default_factory=dict)
+    # None: trained in this run; else ``carried_from`` of training_results.json (run_id,
+    # trained_in, ...): the adapter was reused from that earlier certified run.
+    carried_from: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,9 @@ def run_view(
                 tokens_per_second=_float(final.get("tokens_per_second")),
                 history=reports,
                 hardware=hardware if isinstance(hardware := final.get("hardware"), dict) else {},
+                carried_from=origin
+                if isinstance(origin := entry.get("carried_from"), dict)
+                else None,
             )
         )
     return RunView(
@@ -505,6 +511,17 @@ def _verdict(model: ModelView) -> str:
     return '<span class="badge bad">not certified: adapter does not beat its base</span>'
 
 
+def _origin(model: ModelView) -> str:
+    """ "trained in this run", or the run the adapter was carried over from."""
+    origin = model.carried_from
+    if origin is None:
+        return "trained in this run"
+    text = f"carried over from run {_e(origin.get('run_id'))}"
+    if origin.get("trained_in") not in (None, origin.get("run_id")):
+        text += f" (trained in run {_e(origin.get('trained_in'))})"
+    return text
+
+
 def _model_section(model: ModelView) -> str:
     delta = (
         model.final_val_loss - model.base_val_loss
@@ -519,6 +536,7 @@ def _model_section(model: ModelView) -> str:
         ("change", "–" if delta is None else f"{delta:+.4f}"),
         ("final train loss", _num(model.final_train_loss)),
         ("steps / epochs", f"{_num(model.steps)} / {_num(model.epochs)}"),
+        ("origin", _origin(model)),
     ]
     rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
     return (

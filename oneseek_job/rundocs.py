@@ -21,6 +21,7 @@ from oneseek_job.documents import (
     INTOTO_PREDICATE_TYPE,
     INTOTO_STATEMENT_TYPE,
     MANIFEST_FORMAT,
+    CarriedFrom,
     DnaDocument,
     FileDigest,
     LedgerProof,
@@ -258,6 +259,7 @@ def build_run_files(
                 started_at=r.started_at,
                 finished_at=r.finished_at,
                 resolution=list(r.resolution),
+                carried_from=r.carried_from,
             )
             for r in models
         },
@@ -316,18 +318,7 @@ def build_run_files(
                 },
             ),
             *(
-                (
-                    "model_trained",
-                    r.finished_at,
-                    {
-                        "model": r.key,
-                        "metrics": per_model[r.key].model_dump(mode="json"),
-                        "steps": r.steps,
-                        "epochs": r.epochs,
-                        "train_tokens": r.train_tokens,
-                        "host": r.host,
-                    },
-                )
+                _model_event(r, per_model[r.key])
                 for r in sorted(models, key=lambda r: (instant(r.finished_at), r.key))
             ),
             (
@@ -387,6 +378,23 @@ def build_run_files(
     return files
 
 
+def _model_event(r: ModelResult, metrics: ModelMetrics) -> tuple[str, str, dict[str, Any]]:
+    """The ledger entry of one model: ``model_trained``, or ``model_carried_over`` (with the
+    run it came from) for a model this run reused instead of training it."""
+    data: dict[str, Any] = {
+        "model": r.key,
+        "metrics": metrics.model_dump(mode="json"),
+        "steps": r.steps,
+        "epochs": r.epochs,
+        "train_tokens": r.train_tokens,
+        "host": r.host,
+    }
+    if r.carried_from is None:
+        return ("model_trained", r.finished_at, data)
+    data["carried_from"] = r.carried_from.model_dump(mode="json")
+    return ("model_carried_over", r.finished_at, data)
+
+
 def build_manifest(
     run_id: str,
     files: Mapping[str, FileDigest],
@@ -395,6 +403,7 @@ def build_manifest(
     started_at: str | None = None,
     inputs: RunInputs | None = None,
     model_inputs: Mapping[str, Mapping[str, str]] | None = None,
+    carried_over: Mapping[str, CarriedFrom] | None = None,
 ) -> bytes:
     """MANIFEST.json bytes (canonical JSON) for a run's certified files.
 
@@ -406,6 +415,7 @@ def build_manifest(
             an unsigned run (``"signed": false``).
         started_at: when the run started (ISO-8601): CURRENT's ordering key.
         inputs: the run-wide input fingerprint; model_inputs: each model's base files.
+        carried_over: the models carried over from earlier runs, and from where.
 
     Raises:
         InputError: no certified file at all.
@@ -429,6 +439,7 @@ def build_manifest(
         started_at=started_at,
         inputs=inputs,
         model_inputs={k: dict(sorted(v.items())) for k, v in sorted((model_inputs or {}).items())},
+        carried_over=dict(sorted((carried_over or {}).items())),
     )
     return provenance.canonical_json(manifest.model_dump(mode="json"))
 
@@ -487,6 +498,17 @@ def build_intoto_statement(
             "annotations": {"files": sorted({f for r in models for f in r.dataset_files})},
         }
     )
+    dependencies += [
+        {
+            # A reused adapter: its material is the earlier run, pinned by its MANIFEST.
+            "name": f"carried-over:{r.key}",
+            "uri": f"{layout.run_prefix(r.carried_from.run_id)}{layout.MANIFEST_NAME}",
+            "digest": {"sha256": r.carried_from.manifest_sha256},
+            "annotations": r.carried_from.model_dump(mode="json"),
+        }
+        for r in models
+        if r.carried_from is not None
+    ]
     if info.image_digest:
         dependencies.append(_image_descriptor(info.image_digest))
     builder: dict[str, Any] = {"id": BUILDER_ID, "version": {"oneseek-job": __version__}}

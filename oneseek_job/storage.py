@@ -33,7 +33,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
@@ -153,6 +153,10 @@ class Store(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, sorted by key."""
+        ...
+
+    def list_keys(self, prefix: str) -> Sequence[str]:
+        """The keys of :meth:`list`, without reading any object (no HEAD, no hashing)."""
         ...
 
     def copy(self, src: str, dst: str, *, if_none_match: bool = False) -> None:
@@ -370,12 +374,19 @@ class LocalStore:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, sorted by key; temp files skipped."""
+        for key in self.list_keys(prefix):
+            info = self.head(key)
+            if info is not None:
+                yield info
+
+    def list_keys(self, prefix: str) -> Sequence[str]:
+        """The keys :meth:`list` yields, sorted, without hashing any file."""
         _check_prefix(prefix)
         # Walk only the deepest directory the prefix names, then filter by the full prefix.
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self._path(base_dir) if base_dir else self.root
         if not start.is_dir():
-            return
+            return []
         keys: list[str] = []
         for dirpath, _dirs, files in os.walk(start):  # does not descend into symlinked dirs
             for name in files:
@@ -384,10 +395,7 @@ class LocalStore:
                 key = (Path(dirpath) / name).relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)
-        for key in sorted(keys):
-            info = self.head(key)
-            if info is not None:
-                yield info
+        return sorted(keys)
 
     def copy(self, src: str, dst: str, *, if_none_match: bool = False) -> None:
         """Hard link (or copy) into a temp name, then rename (or link) to ``dst`` atomically."""
@@ -896,6 +904,13 @@ class S3Store:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, sorted by key (one HEAD each)."""
+        for key in self.list_keys(prefix):
+            info = self.head(key)
+            if info is not None:
+                yield info
+
+    def list_keys(self, prefix: str) -> Sequence[str]:
+        """The keys :meth:`list` yields, sorted: ListObjectsV2 pages only, no HEAD."""
         _check_prefix(prefix)
         full_prefix = self.prefix + prefix
 
@@ -909,10 +924,7 @@ class S3Store:
                         keys.append(key.removeprefix(self.prefix))
             return keys
 
-        for key in sorted(self._call("list", prefix or None, collect)):
-            info = self.head(key)
-            if info is not None:
-                yield info
+        return sorted(self._call("list", prefix or None, collect))
 
     def copy(self, src: str, dst: str, *, if_none_match: bool = False) -> None:
         """Server-side copy keeping the sha256 metadata; skipped if ``dst`` already matches.

@@ -41,7 +41,7 @@ from oneseek_job.provenance import (
 )
 from oneseek_job.storage import Store
 
-__all__ = ["SMALL_OBJECT_BYTES", "Check", "VerifyReport", "resolve_run_id", "verify_run"]
+__all__ = ["SMALL_OBJECT_BYTES", "Check", "VerifyReport", "rehash", "resolve_run_id", "verify_run"]
 
 # Objects up to this size are read into memory to hash; bigger ones are streamed to a temp file.
 SMALL_OBJECT_BYTES = 16 * 1024 * 1024
@@ -99,7 +99,7 @@ _READ_BACK = (layout.DNA_NAME, layout.RESULTS_NAME, layout.LEDGER_NAME)
 _INTOTO_NAME = layout.INTOTO_NAME
 
 
-def _rehash(
+def rehash(
     store: Store, key: str, size: int, tmp_dir: Path, *, keep: bool = False
 ) -> tuple[str, int, bytes | None]:
     """(sha256, size, bytes-if-small) of an object, from its content (never store metadata)."""
@@ -207,7 +207,7 @@ def _check_files(
     ):
         futures = {
             path: pool.submit(
-                _rehash,
+                rehash,
                 store,
                 prefix + path,
                 present[path].size,
@@ -516,7 +516,8 @@ def _check_dna(
 
 
 def _results_vs_ledger(results: dict[str, Any] | None, ledger: dict[str, Any]) -> list[str]:
-    """training_results.json per-model metrics must equal the ledger's model_trained events."""
+    """training_results.json per-model metrics must equal the ledger's per-model events
+    (``model_trained``, or ``model_carried_over`` for a model reused from an earlier run)."""
     if results is None:
         return []
     trained = results.get("trained_models")
@@ -526,7 +527,7 @@ def _results_vs_ledger(results: dict[str, Any] | None, ledger: dict[str, Any]) -
         e["data"].get("model"): e["data"].get("metrics")
         for e in ledger.get("entries") or []
         if isinstance(e, dict)
-        and e.get("event") == "model_trained"
+        and e.get("event") in ("model_trained", "model_carried_over")
         and isinstance(e.get("data"), dict)
     }
     problems: list[str] = []

@@ -24,6 +24,7 @@ ALLOWED = {
     "verify": BASE | {"layout", "documents", "provenance", "storage", "oms"},
     "certify": BASE
     | {"layout", "documents", "provenance", "storage", "rundocs", "oms", "faultpoints"},
+    "carry": BASE | {"layout", "documents", "provenance", "storage", "certify", "verify"},
 }
 
 
