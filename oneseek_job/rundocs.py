@@ -502,7 +502,6 @@ def build_intoto_statement(
         {
             # A reused adapter: its material is the earlier run, pinned by its MANIFEST.
             "name": f"carried-over:{r.key}",
-            "uri": f"{layout.run_prefix(r.carried_from.run_id)}{layout.MANIFEST_NAME}",
             "digest": {"sha256": r.carried_from.manifest_sha256},
             "annotations": r.carried_from.model_dump(mode="json"),
         }

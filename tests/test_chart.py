@@ -397,6 +397,7 @@ def test_job_identity_follows_training_inputs_only(loaded: chart.Chart) -> None:
     # What is trained changes: new Job and new run.
     for change in (
         {"baseModels": ["KB-Llama-3.1-8B-Swedish"]},
+        {"baseModels": [*base["baseModels"], "llama-2-7b"]},  # a model added: carry-over's case
         {"baseModels": list(reversed(base["baseModels"]))},  # index i trains entry i
         {"dataset": "/models/datasets/other"},
         {"training": {"learningRate": 0.001}},
