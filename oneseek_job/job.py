@@ -336,6 +336,8 @@ def _carry_over(
     failing copy is a model failure (the retry checks again), never a fallback to training
     that the other ranks would not join.
     """
+    if not sources:
+        return False
     from oneseek_job.training import is_main_process
 
     key, model = resolution.key, resolution.model

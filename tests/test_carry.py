@@ -187,6 +187,39 @@ def test_adding_a_model_trains_only_that_model(
     assert report.count("trained in this run") == 1
 
 
+def test_indexed_job_each_pod_decides_for_its_model(
+    workspace: DemoWorkspace, artifacts: Path, tmp_path: Path
+) -> None:
+    """Indexed Job: index 0 carries KB over from run-1, index 1 trains Qwen; one certifies."""
+    base = _env(workspace, str(artifacts), tmp_path / "work", "run-2", KB, QWEN)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "oneseek_job.cli", "train"],
+            env={
+                **base,
+                "JOB_COMPLETION_INDEX": str(i),
+                "ONESEEK_WORK_DIR": str(tmp_path / f"w{i}"),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    logged = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+        logged.append([json.loads(line) for line in out.splitlines() if line.startswith("{")])
+    carried = [{e["model"] for e in log if e["event"] == "model_carried_over"} for log in logged]
+    trained = [{e["model"] for e in log if e["event"] == "model_done"} for log in logged]
+    assert (carried, trained) == ([{KB}, set()], [set(), {QWEN}])
+    assert sum(e["event"] == "committed" for log in logged for e in log) == 1
+    results = json.loads((artifacts / layout.run_prefix("run-2") / layout.RESULTS_NAME).read_text())
+    assert results["trained_models"][KB]["carried_from"]["run_id"] == "run-1"
+    assert results["trained_models"][QWEN]["carried_from"] is None
+
+
 @pytest.mark.parametrize(
     "change",
     [
