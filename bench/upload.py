@@ -5,12 +5,15 @@ temp dir, starts a loopback SeaweedFS, then moto's server (both in one run), upl
 
 - baseline: ``boto3.client("s3").upload_file`` per file, default TransferConfig (8 MiB parts,
   10 threads), default checksums (CRC32), one file after the other;
-- ours: ``oneseek_job.storage.upload_tree`` on an ``S3Store`` (SHA-256 of every file computed
-  locally, SHA-256 per part, the stored checksum compared by value after upload where the
-  server validates checksums (SeaweedFS), every object read back and re-hashed where it does
-  not (moto)),
+- ours: ``oneseek_job.storage.upload_tree`` on an ``S3Store`` (one hashing pass per file:
+  whole-file SHA-256, SHA-256 per part sent as the part's checksum; after upload the stored
+  checksum is compared by value where the server validates checksums (SeaweedFS); where it
+  does not (moto) the server's MD5 ETag is compared with the MD5s of the parts we sent,
+  falling back to reading the object back and re-hashing it),
 
-each to a fresh prefix, alternating order, and prints seconds, MB/s and the ratio. ``--sweep``
+each to a fresh prefix, in the same process, alternating order round by round (A B, B A, …),
+and prints each side's median seconds and MB/s, the spread ((max − min) ÷ median) and the
+ratio of the medians, with the load average before and after each server's rounds. ``--sweep``
 also times a grid of part sizes and concurrencies (how DEFAULT_PART_SIZE / DEFAULT_CONCURRENCY
 in storage.py were picked). Results go to ``bench/results/upload.json``.
 
@@ -24,13 +27,15 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench.common import load_average, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "upload.json"
 MiB = 1024 * 1024
@@ -111,6 +116,7 @@ def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) 
                 client.delete_object(Bucket=bucket, Key=item["Key"])
 
     tag = f"{time.time_ns()}"
+    load_before = load_average()
     base_times: list[float] = []
     ours_times: list[float] = []
     store = open_ours(storage.DEFAULT_PART_SIZE, storage.DEFAULT_CONCURRENCY)
@@ -145,11 +151,14 @@ def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) 
                     }
                 )
                 print(f"sweep part={part // MiB}MiB conc={conc}: {mb / seconds:.1f} MB/s")
+    load_after = load_average()
     base_s = statistics.median(base_times)
     ours_s = statistics.median(ours_times)
     print(
-        f"{type(server).__name__} {mb:.0f} MiB: baseline {mb / base_s:.1f} MB/s, ours "
-        f"{mb / ours_s:.1f} MB/s, ratio (ours speed / baseline) {base_s / ours_s:.2f}x"
+        f"{type(server).__name__} {mb:.0f} MiB: baseline {mb / base_s:.1f} MB/s "
+        f"(spread {_spread(base_times):.0%}), ours {mb / ours_s:.1f} MB/s (spread "
+        f"{_spread(ours_times):.0%}), ratio (ours speed / baseline) {base_s / ours_s:.2f}x, "
+        f"load {load_before} -> {load_after}"
     )
     return {
         "server": type(server).__name__.removesuffix("Server").lower() + " (loopback)",
@@ -157,22 +166,38 @@ def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) 
             "conditional_put": caps.conditional_put,
             "checksum_validation": caps.checksum_validation,
         },
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "baseline": {
             "what": "boto3 upload_file, default TransferConfig and checksums, sequential",
             "seconds": [round(t, 3) for t in base_times],
             "median_mb_per_s": round(mb / base_s, 1),
+            "spread": round(_spread(base_times), 3),
         },
         "ours": {
-            "what": "upload_tree: SHA-256 per part + whole-object sha256, verified by the "
-            "server's checksum where it validates them, else read back and re-hashed",
+            "what": "upload_tree: one hashing pass (whole-file SHA-256, SHA-256 per part sent "
+            "as its checksum; MD5 per part where the server does not validate checksums), "
+            "verified by the server's checksum where it validates them, else by its MD5 ETag, "
+            "else read back and re-hashed",
             "part_mib": storage.DEFAULT_PART_SIZE // MiB,
             "concurrency": storage.DEFAULT_CONCURRENCY,
             "seconds": [round(t, 3) for t in ours_times],
             "median_mb_per_s": round(mb / ours_s, 1),
+            "spread": round(_spread(ours_times), 3),
         },
         "speedup_vs_baseline": round(base_s / ours_s, 3),
+        # slowest ours ÷ fastest baseline … fastest ours ÷ slowest baseline
+        "speedup_range": [
+            round(min(base_times) / max(ours_times), 3),
+            round(max(base_times) / min(ours_times), 3),
+        ],
         "sweep": sweep,
     }
+
+
+def _spread(samples: list[float]) -> float:
+    """(max − min) ÷ median of the samples."""
+    return (max(samples) - min(samples)) / statistics.median(samples)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -180,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="total size of large files")
     parser.add_argument("--files", type=int, default=4, help="number of large files")
-    parser.add_argument("--repeat", type=int, default=2, help="timed rounds per variant")
+    parser.add_argument("--repeat", type=int, default=4, help="timed rounds per variant")
     parser.add_argument("--sweep", action="store_true", help="also time part size/concurrency")
     parser.add_argument(
         "--servers", default="seaweedfs,moto", help="comma-separated: seaweedfs, moto"
@@ -209,9 +234,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 server.stop()
     result = {
         "benchmark": "upload",
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "niceness": os.nice(0),
         "total_mib": round(mb, 1),
         "large_files": args.files,
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
+        "repeats": args.repeat,
         "servers": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -143,6 +143,7 @@ def claim_run(store: Store, run_id: str, inputs: RunInputs) -> Manifest | None:
     try:
         store.put_bytes(layout.identity_key(run_id), data, if_none_match=True)
         log.info("run_claimed", tag="config", run_id=run_id)
+        faultpoints.reached("claimed")
         return None
     except AlreadyExists:
         pass
@@ -200,7 +201,12 @@ def stage_files(store: Store, run_id: str, local_dir: Path) -> dict[str, FileDig
     digests = {rel: sha256_file(path) for rel, path in files.items()}
     uploads = {layout.blob_key(run_id, digests[rel]): path for rel, path in files.items()}
     try:
-        uploaded = {info.key: info for info in upload_files(store, uploads)}
+        uploaded = {
+            info.key: info
+            for info in upload_files(
+                store, uploads, on_uploaded=lambda _info: faultpoints.reached("staged")
+            )
+        }
     except StorageError:
         # A certifier that committed meanwhile removes the staging area under our feet; the
         # files need not go up then, only be compared (mark_done does).
@@ -217,13 +223,13 @@ def stage_files(store: Store, run_id: str, local_dir: Path) -> dict[str, FileDig
         if info.sha256 != sha:
             raise IntegrityError(f"{files[rel]} changed while it was being uploaded; re-run")
         staged[rel] = FileDigest(size=info.size, sha256=sha)
-        faultpoints.reached("staged")
     return staged
 
 
 def _stage_bytes(store: Store, run_id: str, data: bytes) -> FileDigest:
     sha = sha256_bytes(data)
     store.put_bytes(layout.blob_key(run_id, sha), data)
+    faultpoints.reached("staged")
     return FileDigest(size=len(data), sha256=sha)
 
 
@@ -505,6 +511,7 @@ def _stage_run(
             layout.staged_signature_key(run_id, sha256_bytes(manifest)),
             provenance.sign(manifest, signing_key),
         )
+        faultpoints.reached("staged")
     return manifest, json.loads(run_files[layout.DNA_NAME])["dna"]
 
 
@@ -673,6 +680,7 @@ def _materialize(store: Store, run_id: str, manifest: Manifest, manifest_sha256:
         staged = layout.staged_signature_key(run_id, manifest_sha256)
         try:
             store.copy(staged, prefix + layout.SIGNATURE_NAME, if_none_match=True)
+            faultpoints.reached("materialized")
         except AlreadyExists:
             pass
         except FileNotFoundError:
@@ -688,6 +696,7 @@ def _remove_staging(store: Store, run_id: str) -> None:
     for info in list(store.list(staging)):
         store.delete(info.key)
         removed += 1
+        faultpoints.reached("unstaged")
     aborted = store.cleanup(staging) + store.cleanup(layout.run_prefix(run_id))
     log.info("staging_removed", tag="certified", run_id=run_id, objects=removed, aborted=aborted)
 
@@ -754,8 +763,10 @@ def promote_run(store: Store, run_id: str) -> None:
     ]
     for key in stale:
         store.delete(key)
+        faultpoints.reached("pruned")
     faultpoints.reached("before_current")
     store.put_bytes(layout.CURRENT_KEY, layout.current_pointer(run_id))
+    faultpoints.reached("current")
     log.info(
         "promoted", tag="certified", run_id=run_id, objects=len(wanted), stale_removed=len(stale)
     )

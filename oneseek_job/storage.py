@@ -7,15 +7,19 @@ never containing '..'.
 Guarantees both stores give:
 - An object is either absent, the previous complete version, or the new complete version:
   local writes go to a temp file in the same directory, are fsynced and renamed; S3 objects
-  appear only when PutObject / CompleteMultipartUpload succeeds, and every part carries a
-  SHA-256 checksum the server verifies.
+  appear only when PutObject / CompleteMultipartUpload succeeds, and every body and part
+  carries a SHA-256 checksum (computed in the one hashing pass over the file) the server
+  verifies.
 - ``head`` returns the whole object's SHA-256 (S3: our ``x-amz-meta-sha256``, checked after
   upload against the server's composite part checksum), so ``put_file`` skips an object
   already stored with the same content and a re-run after a crash uploads only what is missing.
 - ``put_bytes(..., if_none_match=True)`` lets exactly one of several racing writers win. An S3
   server's support for it (and for checksum validation) is probed once per bucket, not
-  assumed (:class:`Capabilities`); where checksums are not validated, every upload is read
-  back and re-hashed.
+  assumed (:class:`Capabilities`); where checksums are not validated, every upload is checked
+  against the MD5 ETag the server computed from the bytes it received (multipart: the MD5 of
+  the part MD5s), and read back and re-hashed where that ETag is not the one we expect.
+- Bodies are not SHA-256-hashed a second time for the request signature (botocore does that
+  over plain http unless told not to): the signed checksum header already covers them.
 - ``LocalStore`` never follows a symlink below its root, for reading or writing.
 """
 
@@ -34,11 +38,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
+from oneseek_job import faultpoints
 from oneseek_job.digests import sha256_bytes, sha256_file
 from oneseek_job.errors import (
     ConfigError,
@@ -204,17 +210,41 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def _file_digests(path: Path, part_size: int) -> tuple[str, str]:
-    """Whole-file SHA-256 (hex) and the S3 composite checksum for ``part_size`` parts.
+@dataclass(frozen=True)
+class _Digests:
+    """What one read pass over a file yields: the whole file's SHA-256 and, per part of the
+    upload, its SHA-256 (sent as the part's checksum) and, when asked, its MD5 (what a server
+    that does not validate checksums reports as ETag)."""
 
-    One read pass. The composite is base64(sha256(concat(part digests))) + "-<parts>", which
-    is what S3 reports as ChecksumSHA256 for a multipart object with SHA-256 part checksums.
-    """
+    sha256: str  # lowercase hex of the whole file
+    part_sha256: list[bytes]
+    part_md5: list[bytes]
+
+    @property
+    def composite(self) -> str:
+        """The S3 composite checksum: base64(sha256(concat(part digests))) + "-<parts>"."""
+        joined = hashlib.sha256(b"".join(self.part_sha256)).digest()
+        return f"{base64.b64encode(joined).decode()}-{len(self.part_sha256)}"
+
+    def etag(self, *, multipart: bool) -> str | None:
+        """The ETag a server that computes MD5s reports for these bytes (None: not hashed)."""
+        if not self.part_md5:
+            return None
+        if not multipart:
+            return self.part_md5[0].hex()
+        joined = hashlib.md5(b"".join(self.part_md5), usedforsecurity=False).hexdigest()
+        return f"{joined}-{len(self.part_md5)}"
+
+
+def _file_digests(path: Path, part_size: int, *, md5: bool = False) -> _Digests:
+    """One read pass: whole-file SHA-256, per-part SHA-256 and (``md5``) per-part MD5."""
     whole = hashlib.sha256()
     parts: list[bytes] = []
+    md5s: list[bytes] = []
     with path.open("rb") as handle:
         while True:
             part = hashlib.sha256()
+            part_md5 = hashlib.md5(usedforsecurity=False) if md5 else None
             remaining = part_size
             while remaining > 0:
                 block = handle.read(min(_HASH_BLOCK, remaining))
@@ -222,14 +252,22 @@ def _file_digests(path: Path, part_size: int) -> tuple[str, str]:
                     break
                 whole.update(block)
                 part.update(block)
+                if part_md5 is not None:
+                    part_md5.update(block)
                 remaining -= len(block)
-            if remaining == part_size:
+            if remaining == part_size and parts:
                 break
             parts.append(part.digest())
+            if part_md5 is not None:
+                md5s.append(part_md5.digest())
             if remaining > 0:
                 break
-    composite = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
-    return whole.hexdigest(), f"{composite}-{len(parts)}"
+    return _Digests(whole.hexdigest(), parts, md5s)
+
+
+def _etag_matches(etag: object, expected: str | None) -> bool:
+    """Whether a server's ETag equals the MD5-based one we computed for the same bytes."""
+    return bool(expected) and str(etag or "").strip('"').lower() == expected
 
 
 def _fsync_dir(path: Path) -> None:
@@ -322,6 +360,7 @@ class LocalStore:
             return PutResult(existing, True, time.perf_counter() - started)
         try:
             tmp = self._write_temp(target, path)
+            faultpoints.reached("partial")
             self._publish(tmp, target, exclusive=False)
         except OSError as error:
             raise StorageError(f"cannot write {target}: {error.strerror or error}") from error
@@ -588,6 +627,7 @@ class S3Store:
         self.client = client
         self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
         self.part_size = part_size
+        self.concurrency = concurrency
         self.multipart_threshold = multipart_threshold
         self.copy_threshold = min(copy_threshold, _COPY_OBJECT_LIMIT)
         self.transfer_config = TransferConfig(
@@ -598,6 +638,7 @@ class S3Store:
             preferred_transfer_client="classic",
         )
         self._manager: Any = None
+        self._parts: ThreadPoolExecutor | None = None
         self._manager_lock = threading.Lock()
         self.allow_unconditional_writes = allow_unconditional_writes
 
@@ -619,12 +660,22 @@ class S3Store:
                 self._manager = TransferManager(self.client, self.transfer_config)
             return self._manager
 
+    def _part_pool(self) -> ThreadPoolExecutor:
+        # One pool per store: the parts of files uploaded at once share ``concurrency``.
+        with self._manager_lock:
+            if self._parts is None:
+                self._parts = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-part")
+            return self._parts
+
     def close(self) -> None:
         """Shut down the transfer threads (idempotent)."""
         with self._manager_lock:
             if self._manager is not None:
                 self._manager.shutdown()
                 self._manager = None
+            if self._parts is not None:
+                self._parts.shutdown()
+                self._parts = None
 
     def _call(self, what: str, key: str | None, fn: Callable[[], _T]) -> _T:
         """Run one S3 call; translate failures into ConfigError / StorageError."""
@@ -738,12 +789,13 @@ class S3Store:
             digest.update(chunk)
         return digest.hexdigest()
 
-    def _stored_matches(self, key: str, size: int, sha: str, composite: str) -> bool:
+    def _stored_matches(self, key: str, size: int, digests: _Digests, multipart: bool) -> bool:
         """Whether the object at ``key`` holds exactly these bytes, by a real digest check.
 
         The server's own checksum counts only where the server was seen to validate
-        checksums (it then computed it from the bytes it received); otherwise the object is
-        read back and hashed. Metadata alone (``x-amz-meta-sha256``) is never trusted.
+        checksums (it then computed it from the bytes it received); else its MD5 ETag where
+        it equals ours (computed from the bytes it stored); otherwise the object is read back
+        and hashed. Metadata alone (``x-amz-meta-sha256``) is never trusted.
         """
         try:
             response = self.client.head_object(
@@ -758,38 +810,107 @@ class S3Store:
             return False
         stored = response.get("ChecksumSHA256")
         if stored and self.capabilities.checksum_validation:
-            return checksum_matches(stored, sha, composite)
-        return self._content_sha256(key) == sha
+            return checksum_matches(stored, digests.sha256, digests.composite)
+        if _etag_matches(response.get("ETag"), digests.etag(multipart=multipart)):
+            return True
+        return self._content_sha256(key) == digests.sha256
 
     def upload(self, key: str, path: Path) -> PutResult:
-        """Like :meth:`put_file`, also saying whether the upload was skipped."""
+        """Like :meth:`put_file`, also saying whether the upload was skipped.
+
+        One read pass hashes the file (whole-file SHA-256 for the metadata, SHA-256 per part
+        sent as each part's checksum, and MD5 per part where the server does not validate
+        checksums); the upload then sends the file's bytes with those checksums, and the
+        stored object is checked against them (:meth:`_verify_stored`).
+        """
         started = time.perf_counter()
-        full = self._key(key)
         size = path.stat().st_size
         multipart = size >= self.multipart_threshold
         part_size = self.part_size_for(size) if multipart else max(size, 1)
-        sha, composite = _file_digests(path, part_size)
-        if self._stored_matches(key, size, sha, composite):
+        md5 = not self.capabilities.checksum_validation
+        digests = _file_digests(path, part_size, md5=md5)
+        sha = digests.sha256
+        if self._stored_matches(key, size, digests, multipart):
             return PutResult(ObjectInfo(key, size, sha), True, time.perf_counter() - started)
-        extra = {"Metadata": {"sha256": sha}, "ChecksumAlgorithm": "SHA256"}
         if multipart:
-            future = self._transfer_manager().upload(str(path), self.bucket, full, extra_args=extra)
-            self._call("upload", key, future.result)
+            self._upload_parts(key, path, size, part_size, digests)
         else:
             data = path.read_bytes()
             if sha256_bytes(data) != sha:
                 raise StorageError(f"{path} changed while being uploaded; re-run the upload")
             self._put(key, data, sha, if_none_match=False)
-        self._verify_stored(key, size, sha, composite)
+        self._verify_stored(key, size, digests, multipart)
         return PutResult(ObjectInfo(key, size, sha), False, time.perf_counter() - started)
 
-    def _verify_stored(self, key: str, size: int, sha: str, composite: str) -> None:
+    def _upload_parts(
+        self, key: str, path: Path, size: int, part_size: int, digests: _Digests
+    ) -> None:
+        """A multipart upload, each part with the SHA-256 from the hashing pass (a server
+        that validates checksums refuses a part whose bytes changed since); an unfinished
+        upload is aborted."""
+        from s3transfer.utils import ReadFileChunk
+
+        full = self._key(key)
+        created = self._call(
+            "upload",
+            key,
+            lambda: self.client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=full,
+                Metadata={"sha256": digests.sha256},
+                ChecksumAlgorithm="SHA256",
+            ),
+        )
+        upload_id = str(created["UploadId"])
+
+        def send(number: int) -> dict[str, Any]:
+            offset = (number - 1) * part_size
+            length = min(part_size, size - offset)
+            checksum = base64.b64encode(digests.part_sha256[number - 1]).decode()
+            body = ReadFileChunk.from_filename(str(path), offset, length, enable_callbacks=False)
+            with body:
+                response = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentLength=length,
+                    ChecksumSHA256=checksum,
+                )
+            if number == 1:
+                faultpoints.reached("partial")
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+        pool = self._part_pool()
+        futures = [pool.submit(send, n) for n in range(1, len(digests.part_sha256) + 1)]
+        try:
+            parts = [future.result() for future in futures]
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except Exception as error:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # no part may land after the abort
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise _translate(error, "upload", self._where(key)) from None
+
+    def _verify_stored(self, key: str, size: int, digests: _Digests, multipart: bool) -> None:
         """Check the stored object against what we hashed; delete it if it does not match.
 
         Where the server validates checksums its reported checksum is compared by value
-        (composite with or without ``-N``, or full-object); otherwise the object is read back
+        (composite with or without ``-N``, or full-object); otherwise its ETag is compared
+        with the MD5s of the bytes we sent (single object: MD5 of the body; multipart: MD5 of
+        the part MD5s + ``-N``), which such a server computes from the bytes it received;
+        where that does not match (another ETag scheme, or damage) the object is read back
         and re-hashed.
         """
+        sha, composite = digests.sha256, digests.composite
         response = self._call(
             "verify",
             key,
@@ -805,7 +926,9 @@ class S3Store:
             problems.append("sha256 metadata differs")
         if stored and not checksum_matches(stored, sha, composite):
             problems.append(f"checksum {stored} matches neither {composite} nor the whole file")
-        trusted = bool(stored) and self.capabilities.checksum_validation
+        trusted = (bool(stored) and self.capabilities.checksum_validation) or _etag_matches(
+            response.get("ETag"), digests.etag(multipart=multipart)
+        )
         if not problems and not trusted and self._content_sha256(key) != sha:
             problems.append("content read back does not hash to the uploaded sha256")
         if problems:
@@ -823,7 +946,8 @@ class S3Store:
         """Upload a local file (multipart above the threshold); skipped if already stored."""
         return self.upload(key, path).info
 
-    def _put(self, key: str, data: bytes, sha: str, *, if_none_match: bool) -> None:
+    def _put(self, key: str, data: bytes, sha: str, *, if_none_match: bool) -> str:
+        """PutObject with the body's SHA-256 checksum; returns the ETag the server reported."""
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self._key(key),
@@ -841,8 +965,7 @@ class S3Store:
                     raise AlreadyExists(self._where(key))
         for attempt in range(5):
             try:
-                self.client.put_object(**kwargs)
-                return
+                return str(self.client.put_object(**kwargs).get("ETag", ""))
             except Exception as error:
                 code, status = _error_code(error)
                 if if_none_match and (status == 412 or code == "PreconditionFailed"):
@@ -853,15 +976,21 @@ class S3Store:
                     time.sleep(0.1 * (attempt + 1))
                     continue
                 raise _translate(error, "write", self._where(key)) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> ObjectInfo:
         """Write bytes; with ``if_none_match`` raise AlreadyExists if the key exists.
 
-        Where the server does not validate checksums, the object is read back and compared.
+        Where the server does not validate checksums, its ETag must be the body's MD5 (it
+        computed it from the bytes it received), else the object is read back and compared.
         """
         sha = sha256_bytes(data)
-        self._put(key, data, sha, if_none_match=if_none_match)
-        if not self.capabilities.checksum_validation and self._content_sha256(key) != sha:
+        etag = self._put(key, data, sha, if_none_match=if_none_match)
+        if (
+            not self.capabilities.checksum_validation
+            and not _etag_matches(etag, hashlib.md5(data, usedforsecurity=False).hexdigest())
+            and self._content_sha256(key) != sha
+        ):
             if not if_none_match:
                 self.delete(key)
             raise IntegrityError(
@@ -1212,7 +1341,10 @@ def _make_client(
     config = Config(
         region_name=region or session.region_name or "us-east-1",
         # Path-style: MinIO, SeaweedFS and Ceph do not serve bucket subdomains by default.
-        s3={"addressing_style": "path"},
+        # No SHA-256 of every body for the signature (botocore does it over plain http): each
+        # body we send carries a signed x-amz-checksum-sha256 header the server checks (probed;
+        # where it does not, the upload is verified afterwards), as botocore does over https.
+        s3={"addressing_style": "path", "payload_signing_enabled": False},
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=10,
         read_timeout=120,
@@ -1283,7 +1415,13 @@ def upload_tree(
     return upload_files(store, files, workers=workers)
 
 
-def upload_files(store: Store, files: Mapping[str, Path], *, workers: int = 4) -> list[ObjectInfo]:
+def upload_files(
+    store: Store,
+    files: Mapping[str, Path],
+    *,
+    workers: int = 4,
+    on_uploaded: Callable[[ObjectInfo], None] | None = None,
+) -> list[ObjectInfo]:
     """Upload local files to the given keys, in parallel, skipping identical objects.
 
     Files go up in parallel (the S3 store's part concurrency is shared, not multiplied).
@@ -1293,12 +1431,12 @@ def upload_files(store: Store, files: Mapping[str, Path], *, workers: int = 4) -
         store: destination.
         files: store key → local file.
         workers: files in flight at once.
+        on_uploaded: called with each file's ObjectInfo as soon as that file is stored
+            (from a worker thread, while other files may still be in flight).
 
     Returns:
         ObjectInfo of every file, sorted by key.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     started = time.perf_counter()
 
     def one(key: str, path: Path) -> PutResult:
@@ -1317,6 +1455,8 @@ def upload_files(store: Store, files: Mapping[str, Path], *, workers: int = 4) -
             mb_per_s=None if result.skipped else _mbps(result.info.size, result.seconds),
             skipped=result.skipped,
         )
+        if on_uploaded is not None:
+            on_uploaded(result.info)
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -8,122 +8,43 @@ adapters from threads, so many trials stay cheap; test_races_cli.py races the re
 
 from __future__ import annotations
 
-import hashlib
 import json
+import multiprocessing
 import os
 import random
+import re
+import shutil
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oneseek_job import certify, layout, provenance, verify
-from oneseek_job.documents import FileDigest, ModelResult, RunInputs
 from oneseek_job.errors import ConfigError, IntegrityError, RunConflictError
 from oneseek_job.storage import LocalStore, S3Store, Store, check_writable
+from tests import publish_fakes
+from tests._reliability import TinyWorkspace, build_tiny_workspace, cli, job_env
 from tests.fixtures_s3 import S3Server, make_s3_store
+from tests.publish_fakes import (
+    KEYS,
+    VERSION,
+    adapter_files,
+    certify_with,
+    inputs,
+    result_for,
+    train,
+)
 from tests.servers import fault_proxy
 
 REPO = Path(__file__).resolve().parents[1]
-VERSION = "1.0"
-KEYS = ("kb-llama-3-1-8b-swedish", "qwen-2-5-7b")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def inputs(seed: int = 1, models: tuple[str, ...] = KEYS) -> RunInputs:
-    return RunInputs(
-        models=list(models),
-        dataset_sha256="d" * 64,
-        hyperparameters={"lora": {"r": 8}, "train": {"seed": seed, "lr": 2e-4}},
-        version=VERSION,
-        language="sv",
-    )
-
-
-def adapter_files(tmp: Path, key: str, seed: int) -> Path:
-    """A model's output tree whose bytes depend only on (key, seed): like deterministic
-    training, where another seed stands in for GPU nondeterminism."""
-    rng = random.Random(f"{key}/{seed}")
-    root = tmp / f"out-{key}-{seed}-{os.urandom(4).hex()}"  # each process its own dir
-    adapter = root / "lora_adapters" / layout.adapter_dir_name(key)
-    adapter.mkdir(parents=True, exist_ok=True)
-    (adapter / "adapter_model.safetensors").write_bytes(rng.randbytes(3000))
-    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "seed": seed}))
-    weights = root / "weights"
-    weights.mkdir(exist_ok=True)
-    (weights / layout.weights_file_name(VERSION, key)).write_bytes(rng.randbytes(1500))
-    return root
-
-
-def result_for(
-    key: str,
-    seed: int,
-    files: dict[str, FileDigest],
-    position: int,
-    started: str = "2025-11-23T00:00:00+00:00",
-) -> ModelResult:
-    return ModelResult(
-        key=key,
-        position=position,
-        display_name=key,
-        model_path=f"/models/{key}",
-        architecture="LlamaForCausalLM",
-        base_val_loss=3.0,
-        final_val_loss=2.5,
-        final_train_loss=2.25,
-        improved=True,
-        certified=True,
-        steps=4,
-        epochs=1,
-        samples=8,
-        train_tokens=512,
-        duration_seconds=1.0,
-        started_at=started,
-        finished_at="2025-11-23T00:10:00+00:00",
-        files=files,
-        base_model_digests={"config.json": hashlib.sha256(key.encode()).hexdigest()},
-        dataset_sha256="d" * 64,
-        dataset_files=["civic.jsonl"],
-        hyperparameters={"lora": {"r": 8}, "train": {"seed": seed}},
-    )
-
-
-def train(
-    store: Store,
-    run_id: str,
-    tmp: Path,
-    seed: int,
-    keys: tuple[str, ...] = KEYS,
-    started: str = "2025-11-23T00:00:00+00:00",
-) -> None:
-    """What one `train` process does on the publish side (job.py): claim (a committed run
-    is only finished), stage, mark done."""
-    if certify.claim_run(store, run_id, inputs(seed, keys)) is not None:
-        certify.finish_run(store, run_id)
-        return
-    for position, key in enumerate(keys):
-        files = certify.stage_files(store, run_id, adapter_files(tmp, key, seed))
-        certify.mark_done(store, result_for(key, seed, files, position, started), run_id)
-
-
-def certify_with(store: Store, run_id: str, key_file: Path | None) -> certify.Certified:
-    return certify.certify_run(
-        store,
-        run_id,
-        version=VERSION,
-        language="sv",
-        allow_regression=False,
-        image_digest=None,
-        signing_key_file=key_file,
-        expected=None,
-    )
 
 
 def snapshot(store: Store, run_id: str) -> dict[str, str]:
@@ -316,120 +237,225 @@ def test_model_fingerprint_is_per_model_and_ignores_the_model_list() -> None:
 
 # ----------------------------------------------------------------------------- crash + retry
 
+# Every kind of step boundary of oneseek_job/faultpoints.py, at its first occurrence and where
+# the state differs, its last. For one run of the publisher below (2 models, 6 model files,
+# one of them multipart; 6 documents + 3 OMS signatures + the MANIFEST signature staged; 15
+# files + MANIFEST.json.sig created under the run; 9 promotion copies; 4 stale files of the
+# older run pruned). A step that is not reached fails the test (no SIGKILL, exit 0).
 CRASH_STEPS = [
-    "staged#1",
-    "staged#4",
-    "done#1",
-    "committed",
+    "claimed",  # identity bound, nothing staged
+    "partial#1",  # S3: a multipart upload with a part sent; local: a temp file not renamed
+    "staged#1",  # first model file stored while the others are in flight
+    "staged#3",  # the first model's files all staged, no done marker
+    "done#1",  # between the models
+    "done#2",  # every model done, nobody certified
+    "staged#7",  # the first run document staged
+    "staged#16",  # the MANIFEST signature staged: everything but the commit
+    "committed",  # MANIFEST.json exists, nothing materialized
     "materialized#1",
-    "materialized#9",
+    "materialized#16",  # MANIFEST.json.sig, the last file under the run
     "promoted#1",
-    "promoted#4",
+    "promoted#9",  # every copy made, the older run's files still at the latest paths
+    "pruned#1",
     "before_current",
+    "current",  # CURRENT set, the staging area still there
+    "unstaged#1",  # the staging area half removed
 ]
 
-PUBLISHER = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
+STORE_KINDS = ["local", "seaweedfs", "moto"]
+
+
+def test_crash_steps_cover_every_fault_point() -> None:
+    """Each fault point the code reaches is a known step, and each step is killed at."""
     from oneseek_job import faultpoints
-    from tests import test_certify as t
-    from tests.fixtures_s3 import make_s3_store
-    from oneseek_job.storage import LocalStore
-    from tests.servers import S3Identity
-    kind, where, run_id, tmp, key_file, crash = sys.argv[1:7]
-    if crash:
-        faultpoints.arm(crash)
-    if kind == "local":
-        store = LocalStore(Path(where))
+
+    sources = [REPO / "oneseek_job" / name for name in ("certify.py", "job.py", "storage.py")]
+    reached = {
+        step
+        for source in sources
+        for step in re.findall(r'faultpoints\.reached\("(\w+)"\)', source.read_text())
+    }
+    assert reached == set(faultpoints.STEPS)
+    assert {step.split("#")[0] for step in CRASH_STEPS} == set(faultpoints.STEPS)
+
+
+def _copy_store(source: Store, target: Store) -> None:
+    """Every object of ``source`` into the empty ``target`` (same server, byte for byte)."""
+    if isinstance(source, LocalStore):
+        assert isinstance(target, LocalStore)
+        shutil.copytree(source.root, target.root, symlinks=True)
+        return
+    assert isinstance(source, S3Store) and isinstance(target, S3Store)
+    client = source.client
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=source.bucket, Prefix=source.prefix
+    ):
+        for item in page.get("Contents", []):
+            client.copy_object(  # keeps metadata (our sha256) and content
+                Bucket=target.bucket,
+                Key=target.prefix + item["Key"].removeprefix(source.prefix),
+                CopySource={"Bucket": source.bucket, "Key": item["Key"]},
+            )
+
+
+@pytest.fixture(scope="module")
+def store_with_older_run(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: list[tuple[Path, Path]],
+) -> Iterator[Callable[[str], Store]]:
+    """A fresh store of a kind holding an older promoted run, with a model the newer runs
+    lack (its files must leave the latest paths when a newer run is promoted). The older
+    run is published once per kind and copied into each new store."""
+    templates: dict[str, Store] = {}
+    opened: list[Store] = []
+
+    def make(kind: str) -> Store:
+        if kind not in templates:
+            template = open_kind(kind, request, tmp_path_factory.mktemp(f"older-{kind}"))
+            work = tmp_path_factory.mktemp(f"older-{kind}-work")
+            older = "2025-11-01T00:00:00+00:00"
+            train(template, "run-older", work, seed=1, keys=(*KEYS, "gone-model"), started=older)
+            certify_with(template, "run-older", keys[0][0])
+            templates[kind] = template
+            opened.append(template)
+        store = open_kind(kind, request, tmp_path_factory.mktemp(f"crash-{kind}"))
+        opened.append(store)
+        _copy_store(templates[kind], store)
+        assert certify.read_current(store) == "run-older"
+        return store
+
+    yield make
+    for store in opened:
+        if isinstance(store, S3Store):
+            store.close()
+
+
+@pytest.fixture(scope="module")
+def publisher_processes() -> Any:
+    """Processes forked from a forkserver that imported tests.publish_fakes once: each
+    publish attempt is a fresh process (its own S3 clients, probes and fault point counter)
+    without paying the imports again."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests.publish_fakes"])
+    return context
+
+
+def _unfinished_uploads(store: S3Store) -> list[dict[str, Any]]:
+    listed = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+    return list(listed.get("Uploads", []))
+
+
+def _assert_converged(store: Store, run_id: str, public: Path) -> None:
+    """Committed, verifies, promoted with CURRENT, nothing of the older run or of the
+    interrupted attempts left behind."""
+    check_ok(store, run_id, public)
+    assert certify.read_current(store) == run_id  # newer than run-older
+    latest = {i.key for i in store.list(layout.LATEST_DIR + "/")}
+    assert latest and not any("gone-model" in k for k in latest)  # no stale file of run-older
+    assert not list(store.list(layout.staging_prefix(run_id)))
+    if isinstance(store, S3Store):
+        assert not _unfinished_uploads(store)
     else:
-        import boto3
-        from oneseek_job.storage import open_store
-        endpoint, prefix = where.split("|")
-        store = open_store(f"s3://oneseek-tests/{prefix}", endpoint_url=endpoint,
-                           access_key_id=sys.argv[7], secret_access_key=sys.argv[8],
-                           part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024)
-    t.train(store, run_id, Path(tmp), seed=1)
-    t.certify_with(store, run_id, Path(key_file))
-    print("PUBLISHED", flush=True)
-    """
-)
+        assert isinstance(store, LocalStore)
+        assert not [p for p in store.root.rglob("*") if ".oneseek-tmp-" in p.name]
 
 
-# Every step on the local store; on each S3 server the steps where its behaviour differs
-# most (multipart staging, the conditional commit, promotion copies, CURRENT), because a
-# killed-and-retried S3 publish costs ~30 s here.
-KILLS = [("local", step) for step in CRASH_STEPS] + [
-    ("seaweedfs", "staged#4"),
-    ("seaweedfs", "promoted#1"),
-    ("moto", "committed"),
-    ("moto", "before_current"),
-]
-
-
-@pytest.mark.parametrize(("kind", "crash"), KILLS)
+@pytest.mark.parametrize("crash", CRASH_STEPS)
+@pytest.mark.parametrize("kind", STORE_KINDS)
 def test_kill_9_at_every_step_then_retry_converges(
     kind: str,
     crash: str,
-    request: pytest.FixtureRequest,
+    store_with_older_run: Callable[[str], Store],
+    publisher_processes: Any,
     tmp_path: Path,
     keys: list[tuple[Path, Path]],
 ) -> None:
-    any_store = open_kind(kind, request, tmp_path)
+    """A publisher process (tests/publish_fakes.py) SIGKILLs itself at the step, then a new
+    one with the same RUN_ID: the run ends committed, verified, promoted, CURRENT set, clean."""
+    store = store_with_older_run(kind)
     run_id = "run-crash-" + crash.replace("#", "-")
-    # An older promoted run with a model the new one lacks: its files must leave the latest
-    # paths when the new run is promoted.
-    older = "2025-11-01T00:00:00+00:00"
-    train(any_store, "run-older", tmp_path, seed=1, keys=(*KEYS, "gone-model"), started=older)
-    certify_with(any_store, "run-older", keys[0][0])
-    if isinstance(any_store, LocalStore):
-        kind, where, creds = "local", str(any_store.root), []
+    if isinstance(store, LocalStore):
+        args = ["local", str(store.root)]
     else:
-        assert isinstance(any_store, S3Store)
-        endpoint = str(any_store.client.meta.endpoint_url)
-        key_id = any_store.client._request_signer._credentials.access_key
-        secret = any_store.client._request_signer._credentials.secret_key
-        kind, where = "s3", f"{endpoint}|{any_store.prefix.rstrip('/')}"
-        creds = [key_id, secret]
+        assert isinstance(store, S3Store)
+        endpoint = str(store.client.meta.endpoint_url)
+        credentials = store.client._request_signer._credentials
+        where = f"{endpoint}|{store.bucket}/{store.prefix.rstrip('/')}"
+        args = ["s3", where, credentials.access_key, credentials.secret_key]
+    attempts = iter(range(2))
 
-    def publish(crash_at: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                PUBLISHER,
-                kind,
-                where,
-                run_id,
-                str(tmp_path),
-                str(keys[0][0]),
-                crash_at,
-                *creds,
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+    def publish(crash_at: str) -> tuple[int | None, str]:
+        """One publish attempt in its own process; its exit code (-9: SIGKILLed) and output."""
+        log = tmp_path / f"attempt-{next(attempts)}.log"
+        argv = [*args[:2], run_id, str(tmp_path), str(keys[0][0]), crash_at, *args[2:]]
+        process = publisher_processes.Process(target=publish_fakes.attempt, args=(argv, str(log)))
+        process.start()
+        process.join(timeout=180)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        return process.exitcode, log.read_text() if log.exists() else ""
 
-    killed = publish(crash)
-    assert killed.returncode == -9, killed.stdout[-1500:] + killed.stderr[-1500:]
-    retried = publish("")
-    assert retried.returncode == 0, retried.stdout[-1500:] + retried.stderr[-1500:]
-    check_ok(any_store, run_id, keys[0][1])
-    assert certify.read_current(any_store) == run_id  # newer than run-older
-    latest = {i.key for i in any_store.list(layout.LATEST_DIR + "/")}
-    assert latest and not any("gone-model" in k for k in latest)  # no stale file of run-older
-    assert not list(any_store.list(layout.staging_prefix(run_id)))
-    if isinstance(any_store, S3Store):
-        uploads = any_store.client.list_multipart_uploads(
-            Bucket=any_store.bucket, Prefix=any_store.prefix
-        )
-        assert not uploads.get("Uploads")
-    else:
-        assert isinstance(any_store, LocalStore)
-        assert not [p for p in any_store.root.rglob("*") if ".oneseek-tmp-" in p.name]
+    code, output = publish(crash)
+    assert code == -9, output[-3000:]
+    if crash.startswith("partial"):  # the kill really left a half-written object
+        if isinstance(store, S3Store):
+            assert _unfinished_uploads(store)
+        else:
+            assert isinstance(store, LocalStore)
+            assert [p for p in store.root.rglob("*") if ".oneseek-tmp-" in p.name]
+    code, output = publish("")
+    assert code == 0 and "PUBLISHED" in output, output[-3000:]
+    _assert_converged(store, run_id, keys[0][1])
+
+
+# Through the real CLI: `oneseek-job train` on a tiny model, 1 step, SIGKILLed by
+# ONESEEK_CRASH_AT mid-upload (SeaweedFS) and right after the commit (moto), then retried.
+CLI_KILLS = {"seaweedfs": "staged#2", "moto": "committed"}
+
+
+@pytest.fixture(scope="module")
+def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> TinyWorkspace:
+    return build_tiny_workspace(tmp_path_factory.mktemp("crash-ws"))
+
+
+@pytest.mark.parametrize("kind", list(CLI_KILLS))
+def test_kill_9_of_the_train_cli_then_retry_converges(
+    kind: str,
+    request: pytest.FixtureRequest,
+    tiny_workspace: TinyWorkspace,
+    tmp_path: Path,
+    keys: list[tuple[Path, Path]],
+) -> None:
+    store = open_kind(kind, request, tmp_path)
+    assert isinstance(store, S3Store)
+    server: S3Server = request.getfixturevalue("moto" if kind == "moto" else "seaweed")
+    run_id = "run-cli-crash"
+    uri = f"s3://{store.bucket}/{store.prefix.rstrip('/')}"
+    env = job_env(
+        tiny_workspace,
+        tmp_path,
+        RUN_ID=run_id,
+        ONESEEK_MAX_STEPS="1",
+        ARTIFACTS_URI=uri,
+        S3_ENDPOINT_URL=server.endpoint_url,
+        AWS_ACCESS_KEY_ID=server.admin.access_key,
+        AWS_SECRET_ACCESS_KEY=server.admin.secret_key,
+        AWS_REGION=server.region,
+        ONESEEK_SIGNING_KEY_FILE=str(keys[0][0]),
+    )
+    killed = cli(["train"], {**env, "ONESEEK_CRASH_AT": CLI_KILLS[kind]})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert certify.read_current(store) is None
+    retried = cli(["train"], env)
+    assert retried.returncode == 0, retried.stderr[-2000:]
+    checked = cli(["verify", uri, "--current", "--public-key", str(keys[0][1]), "--json"], env)
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+    assert certify.read_current(store) == run_id
+    assert not list(store.list(layout.staging_prefix(run_id)))
+    assert not _unfinished_uploads(store)
+    store.close()
 
 
 def test_current_never_moves_backwards(any_store: Store, tmp_path: Path) -> None:

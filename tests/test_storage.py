@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,7 @@ from oneseek_job.storage import (
     upload_tree,
 )
 from tests.fixtures_s3 import SMALL_PART, make_s3_store
-from tests.servers import SeaweedServer, free_port
+from tests.servers import MotoServer, SeaweedServer, free_port
 
 
 def sha(data: bytes) -> str:
@@ -97,6 +99,42 @@ def test_capabilities_are_probed_per_server(s3_store: S3Store, s3_server: object
     # every upload to moto is read back and re-hashed.
     assert caps.checksum_validation is (type(s3_server).__name__ == "SeaweedServer")
     assert not list(s3_store.list(".oneseek-probe/"))  # probe objects are removed
+
+
+def test_without_checksum_validation_uploads_are_checked_by_etag_or_read_back(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """moto validates no checksum: the MD5 ETag it computed from the bytes it received must
+    equal ours (no read-back); where a server's ETag is something else, every object is
+    read back and re-hashed instead, and still accepted only when it matches."""
+    store = make_s3_store(moto, "oneseek-tests")
+    assert not store.capabilities.checksum_validation
+    calls: collections.Counter[str] = collections.Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    store.client.meta.events.register("before-call.s3", count)
+    big = write(tmp_path / "big.bin", os.urandom(2 * SMALL_PART + 3))
+    small = write(tmp_path / "small.bin", os.urandom(1000))
+    store.put_file("etag/big.bin", big)
+    store.put_file("etag/small.bin", small)
+    store.put_bytes("etag/doc.json", b"{}")
+    assert store.upload("etag/big.bin", big).skipped  # the skip is an ETag check too
+    assert calls["UploadPart"] == 3 and calls["GetObject"] == 0, calls
+
+    def foreign_etag(parsed: dict[str, Any], **_: Any) -> None:
+        if "ETag" in parsed:
+            parsed["ETag"] = '"not-an-md5-scheme"'
+
+    store.client.meta.events.register("after-call.s3.HeadObject", foreign_etag)
+    store.client.meta.events.register("after-call.s3.PutObject", foreign_etag)
+    store.put_file("etag/big-2.bin", big)
+    store.put_file("etag/small-2.bin", small)
+    store.put_bytes("etag/doc-2.json", b"{}")
+    assert calls["GetObject"] == 3, calls
+    assert store.get_bytes("etag/big-2.bin") == big.read_bytes()
+    store.close()
 
 
 def test_put_file_skips_identical_and_replaces_changed(store: Store, tmp_path: Path) -> None:

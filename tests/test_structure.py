@@ -15,7 +15,7 @@ ALLOWED = {
     "layout": set(),
     "digests": set(),
     "documents": set(),
-    "storage": BASE,
+    "storage": BASE | {"faultpoints"},
     "faultpoints": set(),
     "oms": BASE,
     "safefile": {"errors"},
