@@ -36,8 +36,10 @@ lint: venv
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# One worker per core (at most 4), a test file per worker: the servers (SeaweedFS, moto,
+# MLflow) start once per worker, and half the suite waits on them and on subprocesses.
 test: lint chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 bench: venv
 	$(PY) -m bench
