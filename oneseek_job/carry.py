@@ -119,7 +119,7 @@ def committed_runs(store: Store, exclude: str) -> list[Source]:
             data = store.get_bytes(layout.run_prefix(run_id) + layout.MANIFEST_NAME)
             manifest = Manifest.model_validate_json(data)
         except (FileNotFoundError, JobError, ValidationError, ValueError) as error:
-            log.info("carry_over_source_unreadable", tag="mode", run=run_id, error=str(error))
+            log.warning("carry_over_source_unreadable", tag="mode", run=run_id, error=str(error))
             return None
         usable = (
             manifest.format == MANIFEST_FORMAT
