@@ -118,6 +118,7 @@ def committed_runs(store: Store, exclude: str) -> list[Source]:
         try:
             data = store.get_bytes(layout.run_prefix(run_id) + layout.MANIFEST_NAME)
             manifest = Manifest.model_validate_json(data)
+            run_order(run_id, manifest)  # a start time that does not parse cannot be ordered
         except (FileNotFoundError, JobError, ValidationError, ValueError) as error:
             log.warning("carry_over_source_unreadable", tag="mode", run=run_id, error=str(error))
             return None

@@ -305,6 +305,18 @@ def test_v1_runs_and_other_signers_are_no_sources(
         carry.check_source(
             store, source, KB, version="1.0", signing_key=load_private_key(other), work_dir=tmp_path
         )
+    # A certified file swapped for a symlink to the very same bytes outside the store: the
+    # store never follows it, so the source is refused rather than read outside.
+    victim = artifacts / layout.run_prefix("run-1") / f"lora_adapters/{KB}-adapter"
+    victim /= "adapter_model.safetensors"
+    outside = tmp_path / "outside.safetensors"
+    shutil.copyfile(victim, outside)
+    victim.unlink()
+    victim.symlink_to(outside)
+    with pytest.raises(carry.CarryRefused, match="symlink"):
+        carry.check_source(store, source, KB, version="1.0", signing_key=own, work_dir=tmp_path)
+    victim.unlink()
+    shutil.copyfile(outside, victim)
     # An adapter its run did not certify (no better than its base) is not carried, even
     # from a run signed by our key (here re-signed after editing its verdict).
     run = artifacts / layout.run_prefix("run-1")
