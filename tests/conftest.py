@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from tests._reliability import TinyWorkspace, build_tiny_workspace
+
 pytest_plugins = ["tests.fixtures_s3", "tests.servers_mlflow"]
 
 
@@ -19,3 +21,9 @@ def _fresh_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> TinyWorkspace:
+    """One real tiny model and dataset for the CLI fault tests (read-only: built once)."""
+    return build_tiny_workspace(tmp_path_factory.mktemp("tiny-ws"))

@@ -28,7 +28,7 @@ from oneseek_job import certify, layout, provenance, verify
 from oneseek_job.errors import ConfigError, IntegrityError, RunConflictError
 from oneseek_job.storage import LocalStore, S3Store, Store, check_writable
 from tests import publish_fakes
-from tests._reliability import TinyWorkspace, build_tiny_workspace, cli, job_env
+from tests._reliability import TinyWorkspace, cli, job_env
 from tests.fixtures_s3 import S3Server, make_s3_store
 from tests.publish_fakes import (
     KEYS,
@@ -279,23 +279,29 @@ def test_crash_steps_cover_every_fault_point() -> None:
     assert {step.split("#")[0] for step in CRASH_STEPS} == set(faultpoints.STEPS)
 
 
-def _copy_store(source: Store, target: Store) -> None:
-    """Every object of ``source`` into the empty ``target`` (same server, byte for byte)."""
+def _copy_promoted_state(source: Store, target: Store, run_id: str) -> None:
+    """What a newer run's promotion sees of a promoted ``run_id`` in ``source``, copied byte
+    for byte into the empty ``target`` (same server): its MANIFEST.json (CURRENT ordering),
+    its files at the latest paths, and CURRENT. Its other files are never read by a newer
+    run's publish, so they are not copied."""
+    keys = [
+        layout.run_prefix(run_id) + layout.MANIFEST_NAME,
+        layout.CURRENT_KEY,
+        *source.list_keys(layout.LATEST_DIR + "/"),
+    ]
     if isinstance(source, LocalStore):
         assert isinstance(target, LocalStore)
-        shutil.copytree(source.root, target.root, symlinks=True)
+        for key in keys:
+            (target.root / key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source.root / key, target.root / key)
         return
     assert isinstance(source, S3Store) and isinstance(target, S3Store)
-    client = source.client
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=source.bucket, Prefix=source.prefix
-    ):
-        for item in page.get("Contents", []):
-            client.copy_object(  # keeps metadata (our sha256) and content
-                Bucket=target.bucket,
-                Key=target.prefix + item["Key"].removeprefix(source.prefix),
-                CopySource={"Bucket": source.bucket, "Key": item["Key"]},
-            )
+    for key in keys:
+        source.client.copy_object(  # keeps metadata (our sha256) and content
+            Bucket=target.bucket,
+            Key=target.prefix + key,
+            CopySource={"Bucket": source.bucket, "Key": source.prefix + key},
+        )
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +312,7 @@ def store_with_older_run(
 ) -> Iterator[Callable[[str], Store]]:
     """A fresh store of a kind holding an older promoted run, with a model the newer runs
     lack (its files must leave the latest paths when a newer run is promoted). The older
-    run is published once per kind and copied into each new store."""
+    run is published once per kind; each new store gets a copy of its promoted state."""
     templates: dict[str, Store] = {}
     opened: list[Store] = []
 
@@ -321,7 +327,7 @@ def store_with_older_run(
             opened.append(template)
         store = open_kind(kind, request, tmp_path_factory.mktemp(f"crash-{kind}"))
         opened.append(store)
-        _copy_store(templates[kind], store)
+        _copy_promoted_state(templates[kind], store, "run-older")
         assert certify.read_current(store) == "run-older"
         return store
 
@@ -351,9 +357,9 @@ def _assert_converged(store: Store, run_id: str, public: Path) -> None:
     interrupted attempts left behind."""
     check_ok(store, run_id, public)
     assert certify.read_current(store) == run_id  # newer than run-older
-    latest = {i.key for i in store.list(layout.LATEST_DIR + "/")}
+    latest = store.list_keys(layout.LATEST_DIR + "/")
     assert latest and not any("gone-model" in k for k in latest)  # no stale file of run-older
-    assert not list(store.list(layout.staging_prefix(run_id)))
+    assert not store.list_keys(layout.staging_prefix(run_id))
     if isinstance(store, S3Store):
         assert not _unfinished_uploads(store)
     else:
@@ -415,11 +421,6 @@ def test_kill_9_at_every_step_then_retry_converges(
 CLI_KILLS = {"seaweedfs": "staged#2", "moto": "committed"}
 
 
-@pytest.fixture(scope="module")
-def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> TinyWorkspace:
-    return build_tiny_workspace(tmp_path_factory.mktemp("crash-ws"))
-
-
 @pytest.mark.parametrize("kind", list(CLI_KILLS))
 def test_kill_9_of_the_train_cli_then_retry_converges(
     kind: str,
@@ -453,7 +454,7 @@ def test_kill_9_of_the_train_cli_then_retry_converges(
     checked = cli(["verify", uri, "--current", "--public-key", str(keys[0][1]), "--json"], env)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
     assert certify.read_current(store) == run_id
-    assert not list(store.list(layout.staging_prefix(run_id)))
+    assert not store.list_keys(layout.staging_prefix(run_id))
     assert not _unfinished_uploads(store)
     store.close()
 

@@ -27,7 +27,6 @@ from oneseek_job.storage import LocalStore, Store
 from tests import fake_run
 from tests._reliability import (
     TinyWorkspace,
-    build_tiny_workspace,
     cli,
     events,
     job_env,
@@ -43,8 +42,8 @@ ADAPTER = f"lora_adapters/{layout.adapter_dir_name('kb-llama-3-1-8b-swedish')}"
 
 
 @pytest.fixture(scope="module")
-def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> TinyWorkspace:
-    return build_tiny_workspace(tmp_path_factory.mktemp("faults-ws"))
+def tiny_ws(tiny_workspace: TinyWorkspace) -> TinyWorkspace:
+    return tiny_workspace
 
 
 def _env(ws: TinyWorkspace, run_dir: Path, run_id: str, **extra: str) -> dict[str, str]:
