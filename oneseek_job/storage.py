@@ -192,6 +192,10 @@ class _ReportingStore(Protocol):
 # helpers
 
 
+class _ObjectGoneError(StorageError):
+    """The object was listed or HEADed a moment ago and is gone now (a retry sees why)."""
+
+
 def _check_key(key: str) -> str:
     if (
         not key
@@ -772,7 +776,10 @@ class S3Store:
         size = int(response["ContentLength"])
         sha = (response.get("Metadata") or {}).get("sha256", "")
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
-            sha = self._foreign_sha256(key, response)
+            try:
+                sha = self._foreign_sha256(key, response)
+            except _ObjectGoneError:  # deleted between HEAD and GET (a racing finisher's cleanup)
+                return None
         return ObjectInfo(key, size, sha)
 
     def _foreign_sha256(self, key: str, response: dict[str, Any]) -> str:
@@ -785,11 +792,13 @@ class S3Store:
 
     def _content_sha256(self, key: str) -> str:
         """SHA-256 of the stored bytes, read back now (never metadata)."""
-        body = self._call(
-            "read",
-            key,
-            lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"],
-        )
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as error:
+            code, status = _error_code(error)
+            if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
+                raise _ObjectGoneError(f"{self._where(key)} disappeared while it was read") from None
+            raise _translate(error, "read", self._where(key)) from None
         digest = hashlib.sha256()
         for chunk in body.iter_chunks(_HASH_BLOCK):
             digest.update(chunk)

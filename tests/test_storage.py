@@ -421,3 +421,25 @@ def test_secret_never_in_logs(seaweed: SeaweedServer, fresh_bucket: str) -> None
         structlog.reset_defaults()
     out = buffer.getvalue()
     assert "open_failed" in out and secret not in out
+
+
+def test_head_of_a_foreign_object_deleted_while_it_is_read_is_gone(s3_store: S3Store) -> None:
+    """An object without our sha256 metadata is hashed by reading it back; a racing
+    finisher may delete it between the HEAD and the GET: that is "absent", not a failure."""
+    full = s3_store._key("foreign/blob.bin")
+    s3_store.client.put_object(Bucket=s3_store.bucket, Key=full, Body=b"written by another tool")
+    info = s3_store.head("foreign/blob.bin")
+    assert info is not None
+    assert info.sha256 == hashlib.sha256(b"written by another tool").hexdigest()
+
+    real_get = s3_store.client.get_object
+
+    def delete_then_get(**kwargs: Any) -> Any:
+        s3_store.client.delete_object(Bucket=kwargs["Bucket"], Key=kwargs["Key"])
+        return real_get(**kwargs)
+
+    s3_store.client.get_object = delete_then_get  # type: ignore[method-assign]
+    try:
+        assert s3_store.head("foreign/blob.bin") is None
+    finally:
+        s3_store.client.get_object = real_get  # type: ignore[method-assign]
