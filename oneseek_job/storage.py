@@ -797,7 +797,8 @@ class S3Store:
         except Exception as error:
             code, status = _error_code(error)
             if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
-                raise _ObjectGoneError(f"{self._where(key)} disappeared while it was read") from None
+                gone = f"{self._where(key)} disappeared while it was read"
+                raise _ObjectGoneError(gone) from None
             raise _translate(error, "read", self._where(key)) from None
         digest = hashlib.sha256()
         for chunk in body.iter_chunks(_HASH_BLOCK):
