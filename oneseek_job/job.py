@@ -340,7 +340,7 @@ def _carry_over(
         return False
     from oneseek_job.training import is_main_process
 
-    key, model = resolution.key, resolution.model
+    key = resolution.key
     signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
     scratch = settings.work_dir / settings.run_id / "carry"
     for source in sources:
@@ -368,11 +368,7 @@ def _carry_over(
         files = copy_to_staging(store, settings.run_id, verified, scratch)
         entry, origin = verified.entry, verified.origin
         result = ModelResult(
-            key=key,
-            position=position,
-            display_name=model.display_name,
-            model_path=str(model.path),
-            architecture=model.architecture or model.model_type,
+            **_attempt_fields(settings, resolution, position, dataset, started),
             base_val_loss=entry.base_val_loss,
             final_val_loss=entry.final_val_loss,
             final_train_loss=entry.final_train_loss,
@@ -383,17 +379,8 @@ def _carry_over(
             samples=entry.samples,
             train_tokens=entry.train_tokens,
             duration_seconds=entry.duration_seconds,
-            started_at=started,
-            finished_at=_now(),
             files=files,
             base_model_digests=dict((source.manifest.model_inputs or {})[key]),
-            dataset_sha256=dataset.sha256,
-            dataset_files=dataset.names,
-            hyperparameters=_hyperparameters(settings),
-            host=socket.gethostname(),
-            image_digest=settings.image_digest,
-            resolution=[ResolvedName(**name) for name in resolution.spellings()],
-            attempt=_ATTEMPT,
             carried_from=origin,
         )
         mark_done(store, result, settings.run_id)
@@ -471,11 +458,7 @@ def _train_and_upload(
     # commits, and the done marker (a conditional put) decides whose bytes the model has.
     files = stage_files(store, settings.run_id, staging)
     result = ModelResult(
-        key=key,
-        position=position,
-        display_name=model.display_name,
-        model_path=str(model.path),
-        architecture=model.architecture or model.model_type,
+        **_attempt_fields(settings, resolution, position, dataset, started),
         base_val_loss=outcome.base_val_loss,
         final_val_loss=outcome.final_val_loss,
         final_train_loss=outcome.final_train_loss,
@@ -486,17 +469,8 @@ def _train_and_upload(
         samples=outcome.samples,
         train_tokens=outcome.train_tokens,
         duration_seconds=round(outcome.duration_seconds, 3),
-        started_at=started,
-        finished_at=_now(),
         files=files,
         base_model_digests=digests.result(),
-        dataset_sha256=dataset.sha256,
-        dataset_files=dataset.names,
-        hyperparameters=_hyperparameters(settings),
-        host=socket.gethostname(),
-        image_digest=settings.image_digest,
-        resolution=[ResolvedName(**name) for name in resolution.spellings()],
-        attempt=_ATTEMPT,
     )
     mark_done(store, result, settings.run_id)
     log.info(
@@ -510,6 +484,33 @@ def _train_and_upload(
     )
     telemetry.phase(key, "done")
     reporter.model_trained(key, {"final_val_loss": outcome.final_val_loss, "certified": certified})
+
+
+def _attempt_fields(
+    settings: JobSettings,
+    resolution: Resolution,
+    position: int,
+    dataset: _Dataset,
+    started: str,
+) -> dict[str, Any]:
+    """What a done marker says about this attempt, whether it trained or carried the model."""
+    model = resolution.model
+    return {
+        "key": resolution.key,
+        "position": position,
+        "display_name": model.display_name,
+        "model_path": str(model.path),
+        "architecture": model.architecture or model.model_type,
+        "started_at": started,
+        "finished_at": _now(),
+        "dataset_sha256": dataset.sha256,
+        "dataset_files": dataset.names,
+        "hyperparameters": _hyperparameters(settings),
+        "host": socket.gethostname(),
+        "image_digest": settings.image_digest,
+        "resolution": [ResolvedName(**name) for name in resolution.spellings()],
+        "attempt": _ATTEMPT,
+    }
 
 
 def _telemetry_summary(outcome: Any) -> dict[str, Any]:
