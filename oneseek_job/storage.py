@@ -192,6 +192,10 @@ class _ReportingStore(Protocol):
 # helpers
 
 
+# How often a local write is redone when a concurrent cleanup removed its directory or temp.
+_VANISHED_RETRIES = 3
+
+
 class _ObjectGoneError(StorageError):
     """The object was listed or HEADed a moment ago and is gone now (a retry sees why)."""
 
@@ -342,6 +346,26 @@ class LocalStore:
             raise
         return tmp
 
+    def _write(
+        self, target: Path, data: bytes | Path, *, exclusive: bool, fault: str | None = None
+    ) -> None:
+        """Temp file, then rename (or link, when ``exclusive``) into place.
+
+        A finisher's cleanup of the same prefix may remove this write's new directory or
+        its temp file in between (it cannot tell a live writer's temp file from a killed
+        one's): the write is then redone, so the outcome is the write or AlreadyExists.
+        """
+        for attempt in range(1, _VANISHED_RETRIES + 1):
+            try:
+                tmp = self._write_temp(target, data)
+                if fault:
+                    faultpoints.reached(fault)
+                self._publish(tmp, target, exclusive=exclusive)
+                return
+            except FileNotFoundError:
+                if attempt == _VANISHED_RETRIES:
+                    raise
+
     def _publish(self, tmp: Path, target: Path, *, exclusive: bool) -> None:
         try:
             if exclusive:
@@ -365,9 +389,7 @@ class LocalStore:
         if existing is not None and existing.sha256 == sha:
             return PutResult(existing, True, time.perf_counter() - started)
         try:
-            tmp = self._write_temp(target, path)
-            faultpoints.reached("partial")
-            self._publish(tmp, target, exclusive=False)
+            self._write(target, path, exclusive=False, fault="partial")
         except OSError as error:
             raise StorageError(f"cannot write {target}: {error.strerror or error}") from error
         return PutResult(ObjectInfo(key, size, sha), False, time.perf_counter() - started)
@@ -380,8 +402,7 @@ class LocalStore:
         """Write bytes atomically; with ``if_none_match`` raise AlreadyExists if present."""
         target = self._path(key)
         try:
-            tmp = self._write_temp(target, data)
-            self._publish(tmp, target, exclusive=if_none_match)
+            self._write(target, data, exclusive=if_none_match)
         except OSError as error:
             raise StorageError(f"cannot write {target}: {error.strerror or error}") from error
         return ObjectInfo(key, len(data), sha256_bytes(data))

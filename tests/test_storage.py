@@ -443,3 +443,30 @@ def test_head_of_a_foreign_object_deleted_while_it_is_read_is_gone(s3_store: S3S
         assert s3_store.head("foreign/blob.bin") is None
     finally:
         s3_store.client.get_object = real_get  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_local_write_redone_when_a_cleanup_removes_its_temp_file(
+    tmp_path: Path, exclusive: bool
+) -> None:
+    """A finisher's cleanup of the prefix removes temp files it cannot tell from a killed
+    writer's (and empty directories): the live write is redone, not failed (exit 1)."""
+    store = LocalStore(tmp_path / "store")
+    real_write_temp = store._write_temp
+    swept: list[Path] = []
+
+    def write_then_swept(target: Path, data: bytes | Path) -> Path:
+        tmp = real_write_temp(target, data)
+        if not swept:  # the first attempt loses its temp file to the other finisher
+            store.cleanup("run/")
+            swept.append(tmp)
+        return tmp
+
+    store._write_temp = write_then_swept  # type: ignore[method-assign]
+    info = store.put_bytes("run/MANIFEST.json", b"{}", if_none_match=exclusive)
+    assert swept and not swept[0].exists()
+    assert store.get_bytes("run/MANIFEST.json") == b"{}"
+    assert info.sha256 == hashlib.sha256(b"{}").hexdigest()
+    if exclusive:
+        with pytest.raises(AlreadyExists):
+            store.put_bytes("run/MANIFEST.json", b"[]", if_none_match=True)
