@@ -6,16 +6,18 @@ temp dir, starts a loopback SeaweedFS, then moto's server (both in one run), upl
 - baseline: ``boto3.client("s3").upload_file`` per file, default TransferConfig (8 MiB parts,
   10 threads), default checksums (CRC32), one file after the other;
 - ours: ``oneseek_job.storage.upload_tree`` on an ``S3Store`` (one hashing pass per file:
-  whole-file SHA-256, SHA-256 per part sent as the part's checksum; after upload the stored
-  checksum is compared by value where the server validates checksums (SeaweedFS); where it
-  does not (moto) the server's MD5 ETag is compared with the MD5s of the parts we sent,
-  falling back to reading the object back and re-hashing it),
+  whole-file SHA-256, CRC32 per part sent as the part's checksum; after upload the server's
+  own checksum of the stored bytes is compared by value where the probe saw it validate
+  checksums (SeaweedFS) or compute them itself (moto); on a server that does neither, its
+  MD5 ETag is compared with the MD5s of the parts we sent, falling back to reading the
+  object back and re-hashing it),
 
 each to a fresh prefix, in the same process, alternating order round by round (A B, B A, …),
 and prints each side's median seconds and MB/s, the spread ((max − min) ÷ median) and the
 ratio of the medians, with the load average before and after each server's rounds. ``--sweep``
-also times a grid of part sizes and concurrencies (how DEFAULT_PART_SIZE / DEFAULT_CONCURRENCY
-in storage.py were picked). Results go to ``bench/results/upload.json``.
+also times a grid of part sizes and concurrencies, interleaved with the baseline (how
+DEFAULT_PART_SIZE / DEFAULT_CONCURRENCY in storage.py were picked). Results go to
+``bench/results/upload.json``.
 
     python -m bench.upload                  # 1 GiB, both servers
     python -m bench.upload --size-mib 256 --servers seaweedfs --sweep
@@ -31,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -134,23 +137,7 @@ def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) 
             print(f"{type(server).__name__} round {round_} {side}: {last:.2f}s", flush=True)
             clear(prefix if side == "base" else "ours/" + prefix)
     store.close()
-    sweep: list[dict[str, Any]] = []
-    if args.sweep:
-        for part in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB):
-            for conc in (2, 4, 8):
-                candidate = open_ours(part, conc)
-                seconds = ours_upload(candidate, root, f"{tag}/sweep-{part}-{conc}/")
-                candidate.close()
-                clear(f"ours/{tag}/sweep-{part}-{conc}/")
-                sweep.append(
-                    {
-                        "part_mib": part // MiB,
-                        "concurrency": conc,
-                        "seconds": round(seconds, 3),
-                        "mb_per_s": round(mb / seconds, 1),
-                    }
-                )
-                print(f"sweep part={part // MiB}MiB conc={conc}: {mb / seconds:.1f} MB/s")
+    sweep = _sweep(client, bucket, root, mb, open_ours, clear, tag) if args.sweep else []
     load_after = load_average()
     base_s = statistics.median(base_times)
     ours_s = statistics.median(ours_times)
@@ -165,6 +152,7 @@ def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) 
         "capabilities": {
             "conditional_put": caps.conditional_put,
             "checksum_validation": caps.checksum_validation,
+            "checksum_computed": caps.checksum_computed,
         },
         "load_average_before": load_before,
         "load_average_after": load_after,
@@ -175,10 +163,10 @@ def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) 
             "spread": round(_spread(base_times), 3),
         },
         "ours": {
-            "what": "upload_tree: one hashing pass (whole-file SHA-256, SHA-256 per part sent "
-            "as its checksum; MD5 per part where the server does not validate checksums), "
-            "verified by the server's checksum where it validates them, else by its MD5 ETag, "
-            "else read back and re-hashed",
+            "what": "upload_tree: one hashing pass (whole-file SHA-256, CRC32 per part sent "
+            "as its checksum; MD5 per part where the server neither validates nor computes "
+            "checksums), verified by the server's own checksum where it validates or computes "
+            "them, else by its MD5 ETag, else read back and re-hashed",
             "part_mib": storage.DEFAULT_PART_SIZE // MiB,
             "concurrency": storage.DEFAULT_CONCURRENCY,
             "seconds": [round(t, 3) for t in ours_times],
@@ -195,6 +183,58 @@ def _bench_server(server: Any, args: argparse.Namespace, root: Path, mb: float) 
     }
 
 
+def _sweep(
+    client: Any,
+    bucket: str,
+    root: Path,
+    mb: float,
+    open_ours: Callable[[int, int], Any],
+    clear: Callable[[str], None],
+    tag: str,
+    rounds: int = 2,
+) -> list[dict[str, Any]]:
+    """Part size x concurrency grid, each cell timed ``rounds`` times interleaved with the
+    baseline (order reversed every round, so a server that speeds up or slows down as it
+    fills does not favour one end of the grid); ratio = baseline median / cell median."""
+    cells: list[tuple[int, int] | None] = [None]  # None: the baseline
+    cells += [
+        (part, conc) for part in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB) for conc in (2, 4, 8)
+    ]
+    times: dict[tuple[int, int] | None, list[float]] = {cell: [] for cell in cells}
+    for round_ in range(rounds):
+        for cell in cells if round_ % 2 == 0 else cells[::-1]:
+            if cell is None:
+                prefix = f"{tag}/sweep-base-{round_}/"
+                times[cell].append(baseline_upload(client, bucket, root, prefix))
+                clear(prefix)
+                continue
+            candidate = open_ours(*cell)
+            prefix = f"{tag}/sweep-{cell[0] // MiB}-{cell[1]}-{round_}/"
+            times[cell].append(ours_upload(candidate, root, prefix))
+            candidate.close()
+            clear("ours/" + prefix)
+    base = statistics.median(times[None])
+    rows = []
+    for cell in cells[1:]:
+        assert cell is not None
+        median = statistics.median(times[cell])
+        rows.append(
+            {
+                "part_mib": cell[0] // MiB,
+                "concurrency": cell[1],
+                "seconds": [round(t, 3) for t in times[cell]],
+                "mb_per_s": round(mb / median, 1),
+                "speedup_vs_baseline": round(base / median, 3),
+            }
+        )
+        print(
+            f"sweep part={cell[0] // MiB}MiB conc={cell[1]}: {mb / median:.1f} MB/s, "
+            f"{base / median:.2f}x baseline ({mb / base:.1f} MB/s)",
+            flush=True,
+        )
+    return rows
+
+
 def _spread(samples: list[float]) -> float:
     """(max − min) ÷ median of the samples."""
     return (max(samples) - min(samples)) / statistics.median(samples)
@@ -205,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="total size of large files")
     parser.add_argument("--files", type=int, default=4, help="number of large files")
-    parser.add_argument("--repeat", type=int, default=4, help="timed rounds per variant")
+    parser.add_argument("--repeat", type=int, default=6, help="timed rounds per variant")
     parser.add_argument("--sweep", action="store_true", help="also time part size/concurrency")
     parser.add_argument(
         "--servers", default="seaweedfs,moto", help="comma-separated: seaweedfs, moto"

@@ -7,17 +7,18 @@ never containing '..'.
 Guarantees both stores give:
 - An object is either absent, the previous complete version, or the new complete version:
   local writes go to a temp file in the same directory, are fsynced and renamed; S3 objects
-  appear only when PutObject / CompleteMultipartUpload succeeds, and every body and part
-  carries a SHA-256 checksum (computed in the one hashing pass over the file) the server
-  verifies.
+  appear only when PutObject / CompleteMultipartUpload succeeds; every body carries its
+  SHA-256 and every part its CRC32 (computed in the one hashing pass over the file,
+  ``checksums``), which the server verifies.
 - ``head`` returns the whole object's SHA-256 (S3: our ``x-amz-meta-sha256``, checked after
-  upload against the server's composite part checksum), so ``put_file`` skips an object
+  upload against the server's own checksum or ETag), so ``put_file`` skips an object
   already stored with the same content and a re-run after a crash uploads only what is missing.
 - ``put_bytes(..., if_none_match=True)`` lets exactly one of several racing writers win. An S3
   server's support for it (and for checksum validation) is probed once per bucket, not
   assumed (:class:`Capabilities`); where checksums are not validated, every upload is checked
-  against the MD5 ETag the server computed from the bytes it received (multipart: the MD5 of
-  the part MD5s), and read back and re-hashed where that ETag is not the one we expect.
+  against a digest the server computed from the bytes it received (a multipart object's
+  CRC32 where the probe saw the server compute it, else the MD5 ETag: for multipart the MD5
+  of the part MD5s), and read back and re-hashed where neither is the one we expect.
 - Bodies are not SHA-256-hashed a second time for the request signature (botocore does that
   over plain http unless told not to): the signed checksum header already covers them.
 - ``LocalStore`` never follows a symlink below its root, for reading or writing.
@@ -37,6 +38,7 @@ import socket
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from oneseek_job import faultpoints
+from oneseek_job.checksums import FileDigests, file_digests
 from oneseek_job.digests import sha256_bytes, sha256_file
 from oneseek_job.errors import (
     ConfigError,
@@ -68,7 +71,6 @@ __all__ = [
     "S3Store",
     "Store",
     "check_writable",
-    "checksum_matches",
     "open_store",
     "parse_s3_uri",
     "store_from_settings",
@@ -80,6 +82,8 @@ log = get_logger(__name__)
 
 MiB = 1024 * 1024
 _HASH_BLOCK = 4 * MiB
+_PROBE_BODY = b"oneseek capability probe\n"
+_WRONG_CRC32 = base64.b64encode((zlib.crc32(_PROBE_BODY) ^ 1).to_bytes(4, "big")).decode()
 # S3 limits: CopyObject handles sources up to 5 GiB; beyond that a multipart copy is needed.
 _COPY_OBJECT_LIMIT = 5 * 1024 * MiB
 _MAX_PARTS = 10_000
@@ -98,8 +102,8 @@ _MIN_PART = 5 * MiB
 # within the noise; moto slows down by a quarter from 32 MiB parts on (it spools larger
 # bodies to disk). 8 MiB parts (boto3's and the AWS CLI's default) with 8 in flight (real
 # networks reward requests in flight) are good on both.
-DEFAULT_PART_SIZE = 8 * MiB
-DEFAULT_CONCURRENCY = 8
+DEFAULT_PART_SIZE = 16 * MiB
+DEFAULT_CONCURRENCY = 4
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
 DEFAULT_MAX_ATTEMPTS = 5
 
@@ -131,7 +135,12 @@ class Capabilities:
     """What a store's server was seen to enforce (probed once per bucket per process)."""
 
     conditional_put: bool  # If-None-Match: * on an existing key is refused (412)
-    checksum_validation: bool  # a body that does not match its SHA-256 checksum is refused
+    # a body that does not match its SHA-256 checksum, and a part that does not match its
+    # CRC32, are refused
+    checksum_validation: bool
+    # a multipart object's CRC32 is the server's own, computed from the bytes it stored (not
+    # the one a client sent): true wherever checksums are validated
+    checksum_computed: bool
 
 
 class Store(Protocol):
@@ -218,61 +227,6 @@ def _check_prefix(prefix: str) -> str:
         if prefix.startswith("/"):
             raise ValueError(f"invalid store prefix {prefix!r}")
     return prefix
-
-
-@dataclass(frozen=True)
-class _Digests:
-    """What one read pass over a file yields: the whole file's SHA-256 and, per part of the
-    upload, its SHA-256 (sent as the part's checksum) and, when asked, its MD5 (what a server
-    that does not validate checksums reports as ETag)."""
-
-    sha256: str  # lowercase hex of the whole file
-    part_sha256: list[bytes]
-    part_md5: list[bytes]
-
-    @property
-    def composite(self) -> str:
-        """The S3 composite checksum: base64(sha256(concat(part digests))) + "-<parts>"."""
-        joined = hashlib.sha256(b"".join(self.part_sha256)).digest()
-        return f"{base64.b64encode(joined).decode()}-{len(self.part_sha256)}"
-
-    def etag(self, *, multipart: bool) -> str | None:
-        """The ETag a server that computes MD5s reports for these bytes (None: not hashed)."""
-        if not self.part_md5:
-            return None
-        if not multipart:
-            return self.part_md5[0].hex()
-        joined = hashlib.md5(b"".join(self.part_md5), usedforsecurity=False).hexdigest()
-        return f"{joined}-{len(self.part_md5)}"
-
-
-def _file_digests(path: Path, part_size: int, *, md5: bool = False) -> _Digests:
-    """One read pass: whole-file SHA-256, per-part SHA-256 and (``md5``) per-part MD5."""
-    whole = hashlib.sha256()
-    parts: list[bytes] = []
-    md5s: list[bytes] = []
-    with path.open("rb") as handle:
-        while True:
-            part = hashlib.sha256()
-            part_md5 = hashlib.md5(usedforsecurity=False) if md5 else None
-            remaining = part_size
-            while remaining > 0:
-                block = handle.read(min(_HASH_BLOCK, remaining))
-                if not block:
-                    break
-                whole.update(block)
-                part.update(block)
-                if part_md5 is not None:
-                    part_md5.update(block)
-                remaining -= len(block)
-            if remaining == part_size and parts:
-                break
-            parts.append(part.digest())
-            if part_md5 is not None:
-                md5s.append(part_md5.digest())
-            if remaining > 0:
-                break
-    return _Digests(whole.hexdigest(), parts, md5s)
 
 
 def _etag_matches(etag: object, expected: str | None) -> bool:
@@ -513,7 +467,7 @@ class LocalStore:
     @property
     def capabilities(self) -> Capabilities:
         """A local directory: link() makes conditional writes exact; no transit to damage."""
-        return Capabilities(conditional_put=True, checksum_validation=True)
+        return Capabilities(conditional_put=True, checksum_validation=True, checksum_computed=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,28 +546,6 @@ _REFUSED_CODES = {
 }
 _PROBED: dict[tuple[str, str], Capabilities] = {}
 _PROBE_LOCK = threading.Lock()
-
-
-def checksum_matches(stored: str, sha256_hex: str, composite: str) -> bool:
-    """Whether an S3 ``ChecksumSHA256`` value is one of the forms AWS documents for our bytes.
-
-    Accepted: the full-object checksum (base64 of the whole file's SHA-256), and the
-    composite checksum of the parts (base64 of the SHA-256 over the part digests) with or
-    without the ``-<parts>`` suffix (moto omits it). Compared by value, never as a string.
-
-    Args:
-        stored: what the server reported.
-        sha256_hex: the whole file's SHA-256 (hex).
-        composite: our composite for the part size used, ``<base64>-<parts>``.
-    """
-    value = stored.strip().split("-", 1)[0]
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except ValueError:
-        return False
-    whole = bytes.fromhex(sha256_hex)
-    parts = base64.b64decode(composite.split("-", 1)[0])
-    return raw in (whole, parts)
 
 
 class S3Store:
@@ -738,34 +670,104 @@ class S3Store:
                     bucket=self.bucket,
                     conditional_put=known.conditional_put,
                     checksum_validation=known.checksum_validation,
+                    checksum_computed=known.checksum_computed,
                 )
         return known
 
     def _probe(self) -> Capabilities:
-        """Two writes under ``<prefix>.oneseek-probe/``, deleted afterwards."""
+        """Writes under ``<prefix>.oneseek-probe/``, deleted (or aborted) afterwards."""
         base = f"{self.prefix}.oneseek-probe/{secrets.token_hex(8)}"
-        body = b"oneseek capability probe\n"
-
-        def put(key: str, **extra: Any) -> bool:
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
-            except Exception as error:
-                code, status = _error_code(error)
-                if status in {400, 409, 412} or code in _REFUSED_CODES:
-                    return False
-                raise _translate(error, "probe", self.uri) from None
-            return True
-
+        uploads: list[tuple[str, str]] = []  # multipart uploads to abort, (key, id)
         try:
-            put(f"{base}-conditional")
-            conditional = not put(f"{base}-conditional", IfNoneMatch="*")
-            wrong = base64.b64encode(hashlib.sha256(b"not the body").digest()).decode()
-            validated = not put(f"{base}-checksum", ChecksumSHA256=wrong)
+            conditional = self._probe_conditional_put(f"{base}-conditional")
+            validated = self._probe_checksum_validation(f"{base}-checksum", uploads)
+            computed = validated or self._probe_checksum_computed(f"{base}-computed", uploads)
         finally:
-            for suffix in ("-conditional", "-checksum"):
+            for suffix in ("-conditional", "-checksum", "-computed"):
                 with contextlib.suppress(Exception):
                     self.client.delete_object(Bucket=self.bucket, Key=base + suffix)
-        return Capabilities(conditional_put=conditional, checksum_validation=validated)
+            for key, upload_id in uploads:
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+        return Capabilities(conditional, validated, computed)
+
+    def _refused(self, write: Callable[[], object]) -> bool:
+        """Whether the server refuses a probe write (4xx), rather than storing it."""
+        try:
+            write()
+        except Exception as error:
+            code, status = _error_code(error)
+            if status in {400, 409, 412} or code in _REFUSED_CODES:
+                return True
+            raise _translate(error, "probe", self.uri) from None
+        return False
+
+    def _probe_conditional_put(self, key: str) -> bool:
+        """A second ``If-None-Match: *`` put of one key must be refused."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=_PROBE_BODY)
+        return self._refused(
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=_PROBE_BODY, IfNoneMatch="*"
+            )
+        )
+
+    def _probe_checksum_validation(self, key: str, uploads: list[tuple[str, str]]) -> bool:
+        """A body with a wrong SHA-256 and a part with a wrong CRC32 must both be refused."""
+        wrong_sha256 = base64.b64encode(hashlib.sha256(b"not the body").digest()).decode()
+        if not self._refused(
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=_PROBE_BODY, ChecksumSHA256=wrong_sha256
+            )
+        ):
+            return False
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
+        )["UploadId"]
+        uploads.append((key, upload_id))
+        return self._refused(
+            lambda: self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=1,
+                Body=_PROBE_BODY,
+                ChecksumCRC32=_WRONG_CRC32,
+            )
+        )
+
+    def _probe_checksum_computed(self, key: str, uploads: list[tuple[str, str]]) -> bool:
+        """A server that accepts a wrong part CRC32 may still report the object's CRC32 from
+        the bytes it stored: upload one part with a wrong CRC32 and see which one it reports."""
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
+        )["UploadId"]
+        uploads.append((key, upload_id))
+        part = {"PartNumber": 1, "ChecksumCRC32": _WRONG_CRC32}
+
+        def upload_and_complete() -> None:
+            part["ETag"] = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                Body=_PROBE_BODY,
+                **part,
+            )["ETag"]
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [part]},
+            )
+
+        if self._refused(upload_and_complete):
+            return False
+        reported = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        stored = reported.get("ChecksumCRC32")
+        size = len(_PROBE_BODY)
+        real = FileDigests("", size, size, (zlib.crc32(_PROBE_BODY),), ())
+        return bool(stored) and bool(real.crc32_matches(stored, reported.get("ChecksumType")))
 
     def require_conditional_writes(self) -> None:
         """Refuse (exit 2) a server that ignores If-None-Match, unless opted out.
@@ -826,14 +828,36 @@ class S3Store:
             digest.update(chunk)
         return digest.hexdigest()
 
-    def _stored_matches(self, key: str, size: int, digests: _Digests, multipart: bool) -> bool:
-        """Whether the object at ``key`` holds exactly these bytes, by a real digest check.
+    def _server_evidence(
+        self, response: dict[str, Any], digests: FileDigests, multipart: bool
+    ) -> bool | None:
+        """What the server's own digests say about an object against ``digests``.
 
-        The server's own checksum counts only where the server was seen to validate
-        checksums (it then computed it from the bytes it received); else its MD5 ETag where
-        it equals ours (computed from the bytes it stored); otherwise the object is read back
-        and hashed. Metadata alone (``x-amz-meta-sha256``) is never trusted.
+        True: a digest the server computed from the bytes it received matches ours; False:
+        one contradicts ours; None: nothing conclusive (read the object back). A reported
+        checksum counts only where the probe saw the server validate checksums or compute a
+        multipart object's CRC32 itself (else it may merely echo what a client sent); an MD5
+        ETag counts only when it matches (a different one may be another ETag scheme, e.g.
+        SSE-KMS, not damage). Metadata never counts.
         """
+        caps = self.capabilities
+        kind = response.get("ChecksumType")
+        crc32 = str(response.get("ChecksumCRC32") or "")
+        sha256 = str(response.get("ChecksumSHA256") or "")
+        if multipart and crc32 and caps.checksum_computed:
+            matched = digests.crc32_matches(crc32, kind)
+            if matched is not None:
+                return matched
+        full_object = bool(sha256) and "-" not in sha256 and kind != "COMPOSITE"
+        if not multipart and full_object and caps.checksum_validation:
+            return digests.sha256_matches(sha256)
+        if _etag_matches(response.get("ETag"), digests.etag(multipart=multipart)):
+            return True
+        return None
+
+    def _stored_matches(self, key: str, size: int, digests: FileDigests, multipart: bool) -> bool:
+        """Whether the object at ``key`` holds exactly these bytes, by a real digest check
+        (:meth:`_server_evidence`, else the object read back and hashed)."""
         try:
             response = self.client.head_object(
                 Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
@@ -845,36 +869,38 @@ class S3Store:
             raise _translate(error, "head", self._where(key)) from None
         if int(response["ContentLength"]) != size:
             return False
-        stored = response.get("ChecksumSHA256")
-        if stored and self.capabilities.checksum_validation:
-            return checksum_matches(stored, digests.sha256, digests.composite)
-        if _etag_matches(response.get("ETag"), digests.etag(multipart=multipart)):
-            return True
+        evidence = self._server_evidence(response, digests, multipart)
+        if evidence is not None:
+            return evidence
         return self._content_sha256(key) == digests.sha256
 
     def upload(self, key: str, path: Path) -> PutResult:
         """Like :meth:`put_file`, also saying whether the upload was skipped.
 
-        One read pass hashes the file (whole-file SHA-256 for the metadata, SHA-256 per part
-        sent as each part's checksum, and MD5 per part where the server does not validate
-        checksums); the upload then sends the file's bytes with those checksums, and the
-        stored object is checked against them (:meth:`_verify_stored`).
+        One read pass hashes the file (:func:`~oneseek_job.checksums.file_digests`: the
+        whole file's SHA-256 for the metadata; per part its CRC32, sent as the part's
+        checksum, and, where the server validates no checksum, its MD5); the upload then sends
+        the file's bytes with those checksums, and the stored object is checked against them
+        (:meth:`_verify_stored`).
         """
         started = time.perf_counter()
         size = path.stat().st_size
         multipart = size >= self.multipart_threshold
         part_size = self.part_size_for(size) if multipart else max(size, 1)
-        md5 = not self.capabilities.checksum_validation
+        caps = self.capabilities
         if multipart:
             with self._hashing:
-                digests = _file_digests(path, part_size, md5=md5)
+                # MD5s only where the server's MD5 ETag is the one evidence it gives.
+                digests = file_digests(path, part_size, crc32=True, md5=not caps.checksum_computed)
         else:
-            digests = _file_digests(path, part_size, md5=md5)
+            digests = file_digests(path, part_size, crc32=False, md5=not caps.checksum_validation)
+        if digests.size != size:
+            raise StorageError(f"{path} changed while being uploaded; re-run the upload")
         sha = digests.sha256
         if self._stored_matches(key, size, digests, multipart):
             return PutResult(ObjectInfo(key, size, sha), True, time.perf_counter() - started)
         if multipart:
-            self._upload_parts(key, path, size, part_size, digests)
+            self._upload_parts(key, path, digests)
         else:
             data = path.read_bytes()
             if sha256_bytes(data) != sha:
@@ -883,31 +909,29 @@ class S3Store:
         self._verify_stored(key, size, digests, multipart)
         return PutResult(ObjectInfo(key, size, sha), False, time.perf_counter() - started)
 
-    def _upload_parts(
-        self, key: str, path: Path, size: int, part_size: int, digests: _Digests
-    ) -> None:
-        """A multipart upload, each part with the SHA-256 from the hashing pass (a server
-        that validates checksums refuses a part whose bytes changed since); an unfinished
-        upload is aborted."""
+    def _upload_parts(self, key: str, path: Path, digests: FileDigests) -> None:
+        """A multipart upload, each part with its CRC32 from the hashing pass (a server that
+        validates checksums refuses a part whose bytes changed since); an unfinished upload
+        is aborted."""
         from s3transfer.utils import ReadFileChunk
 
         full = self._key(key)
+        # Declared even where the server validates nothing: moto then computes its cheapest
+        # checksum, where without one it copies the whole object again for a full-object one.
+        declared = {"ChecksumAlgorithm": "CRC32"}
         created = self._call(
             "upload",
             key,
             lambda: self.client.create_multipart_upload(
-                Bucket=self.bucket,
-                Key=full,
-                Metadata={"sha256": digests.sha256},
-                ChecksumAlgorithm="SHA256",
+                Bucket=self.bucket, Key=full, Metadata={"sha256": digests.sha256}, **declared
             ),
         )
         upload_id = str(created["UploadId"])
 
         def send(number: int) -> dict[str, Any]:
-            offset = (number - 1) * part_size
-            length = min(part_size, size - offset)
-            checksum = base64.b64encode(digests.part_sha256[number - 1]).decode()
+            offset = (number - 1) * digests.part_size
+            length = min(digests.part_size, digests.size - offset)
+            checksum = {"ChecksumCRC32": digests.part_crc32_b64(number - 1)}
             body = ReadFileChunk.from_filename(str(path), offset, length, enable_callbacks=False)
             with body:
                 response = self.client.upload_part(
@@ -917,14 +941,14 @@ class S3Store:
                     PartNumber=number,
                     Body=body,
                     ContentLength=length,
-                    ChecksumSHA256=checksum,
+                    **checksum,
                 )
             if number == 1:
                 faultpoints.reached("partial")
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+            return {"PartNumber": number, "ETag": response["ETag"], **checksum}
 
         pool = self._part_pool()
-        futures = [pool.submit(send, n) for n in range(1, len(digests.part_sha256) + 1)]
+        futures = [pool.submit(send, n) for n in range(1, digests.parts + 1)]
         try:
             parts = [future.result() for future in futures]
             self.client.complete_multipart_upload(
@@ -941,17 +965,13 @@ class S3Store:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
             raise _translate(error, "upload", self._where(key)) from None
 
-    def _verify_stored(self, key: str, size: int, digests: _Digests, multipart: bool) -> None:
+    def _verify_stored(self, key: str, size: int, digests: FileDigests, multipart: bool) -> None:
         """Check the stored object against what we hashed; delete it if it does not match.
 
-        Where the server validates checksums its reported checksum is compared by value
-        (composite with or without ``-N``, or full-object); otherwise its ETag is compared
-        with the MD5s of the bytes we sent (single object: MD5 of the body; multipart: MD5 of
-        the part MD5s + ``-N``), which such a server computes from the bytes it received;
-        where that does not match (another ETag scheme, or damage) the object is read back
-        and re-hashed.
+        Size and ``sha256`` metadata must be ours, and the server's own digests
+        (:meth:`_server_evidence`: its checksum where it validates checksums, else its MD5
+        ETag) must match; where they say nothing the object is read back and re-hashed.
         """
-        sha, composite = digests.sha256, digests.composite
         response = self._call(
             "verify",
             key,
@@ -959,18 +979,16 @@ class S3Store:
                 Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
             ),
         )
-        stored = response.get("ChecksumSHA256")
         problems = []
         if int(response["ContentLength"]) != size:
             problems.append(f"size {response['ContentLength']} != {size}")
-        if (response.get("Metadata") or {}).get("sha256") != sha:
+        if (response.get("Metadata") or {}).get("sha256") != digests.sha256:
             problems.append("sha256 metadata differs")
-        if stored and not checksum_matches(stored, sha, composite):
-            problems.append(f"checksum {stored} matches neither {composite} nor the whole file")
-        trusted = (bool(stored) and self.capabilities.checksum_validation) or _etag_matches(
-            response.get("ETag"), digests.etag(multipart=multipart)
-        )
-        if not problems and not trusted and self._content_sha256(key) != sha:
+        evidence = self._server_evidence(response, digests, multipart)
+        if evidence is False:
+            reported = response.get("ChecksumCRC32") or response.get("ChecksumSHA256")
+            problems.append(f"the server's checksum {reported} is not the one of the bytes sent")
+        if not problems and evidence is None and self._content_sha256(key) != digests.sha256:
             problems.append("content read back does not hash to the uploaded sha256")
         if problems:
             self._call(

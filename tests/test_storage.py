@@ -7,18 +7,20 @@ import collections
 import hashlib
 import os
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from oneseek_job.errors import ConfigError, StorageError
+from oneseek_job import storage
+from oneseek_job.errors import ConfigError, IntegrityError, StorageError
 from oneseek_job.storage import (
     AlreadyExists,
+    Capabilities,
     LocalStore,
     S3Store,
     Store,
-    checksum_matches,
     open_store,
     parse_s3_uri,
     store_from_settings,
@@ -67,7 +69,9 @@ def test_put_file_multipart_and_download(store: Store, tmp_path: Path) -> None:
     assert out.read_bytes() == data
 
 
-def test_s3_multipart_object_has_composite_sha256(s3_store: S3Store, tmp_path: Path) -> None:
+def test_s3_multipart_object_checksums(
+    s3_store: S3Store, s3_server: object, tmp_path: Path
+) -> None:
     data = os.urandom(2 * SMALL_PART + 5)
     src = write(tmp_path / "f.bin", data)
     s3_store.put_file("f.bin", src)
@@ -75,40 +79,38 @@ def test_s3_multipart_object_has_composite_sha256(s3_store: S3Store, tmp_path: P
         Bucket=s3_store.bucket, Key=s3_store.prefix + "f.bin", ChecksumMode="ENABLED"
     )
     assert raw["Metadata"]["sha256"] == sha(data)
-    # Both servers keep the composite of the three part checksums; SeaweedFS writes it with
-    # the "-3" suffix, moto without: accepted by value either way.
-    stored = raw["ChecksumSHA256"]
-    assert stored.endswith("-3") or "-" not in stored
-    parts = [
-        hashlib.sha256(data[i : i + SMALL_PART]).digest() for i in range(0, len(data), SMALL_PART)
-    ]
-    composite = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
-    assert stored.split("-")[0] == composite
-    assert checksum_matches(stored, sha(data), composite + "-3")
-    assert checksum_matches(composite, sha(data), composite + "-3")
-    assert checksum_matches(
-        base64.b64encode(bytes.fromhex(sha(data))).decode(), sha(data), composite
-    )
-    assert not checksum_matches(composite[:-4] + "AAA=", sha(data), composite + "-3")
+    parts = [data[i : i + SMALL_PART] for i in range(0, len(data), SMALL_PART)]
+    # Both servers keep the composite of the three part CRC32s (SeaweedFS, which checked
+    # each one, with the "-3" suffix; moto, which checks none, without it).
+    crcs = b"".join(zlib.crc32(part).to_bytes(4, "big") for part in parts)
+    composite = base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode()
+    seaweed = type(s3_server).__name__ == "SeaweedServer"
+    assert raw["ChecksumCRC32"] == (f"{composite}-3" if seaweed else composite)
+    if not seaweed:
+        # What moto's upload is checked by instead: its ETag, the MD5 of the part MD5s.
+        md5s = b"".join(hashlib.md5(part).digest() for part in parts)
+        assert raw["ETag"].strip('"') == f"{hashlib.md5(md5s).hexdigest()}-3"
 
 
 def test_capabilities_are_probed_per_server(s3_store: S3Store, s3_server: object) -> None:
     caps = s3_store.capabilities
     assert caps.conditional_put  # both enforce If-None-Match on PutObject
-    # SeaweedFS rejects a body that does not match its SHA-256 checksum; moto accepts it, so
-    # every upload to moto is read back and re-hashed.
+    # SeaweedFS rejects a body or part that does not match its checksum; moto accepts it,
+    # but reports a multipart object's CRC32 computed from the bytes it stored.
     assert caps.checksum_validation is (type(s3_server).__name__ == "SeaweedServer")
+    assert caps.checksum_computed
     assert not list(s3_store.list(".oneseek-probe/"))  # probe objects are removed
 
 
-def test_without_checksum_validation_uploads_are_checked_by_etag_or_read_back(
+def test_without_checksum_validation_uploads_are_checked_by_server_digests(
     moto: MotoServer, tmp_path: Path
 ) -> None:
-    """moto validates no checksum: the MD5 ETag it computed from the bytes it received must
-    equal ours (no read-back); where a server's ETag is something else, every object is
-    read back and re-hashed instead, and still accepted only when it matches."""
+    """moto validates no checksum, but computes a multipart object's CRC32 from the bytes it
+    stored and a body's MD5 ETag: those must equal ours (no read-back). A reported CRC32
+    that is not ours fails the upload; where a server's ETag is something else, a single
+    object is read back and re-hashed instead, and still accepted only when it matches."""
     store = make_s3_store(moto, "oneseek-tests")
-    assert not store.capabilities.checksum_validation
+    assert not store.capabilities.checksum_validation and store.capabilities.checksum_computed
     calls: collections.Counter[str] = collections.Counter()
 
     def count(model: Any, **_: Any) -> None:
@@ -120,7 +122,7 @@ def test_without_checksum_validation_uploads_are_checked_by_etag_or_read_back(
     store.put_file("etag/big.bin", big)
     store.put_file("etag/small.bin", small)
     store.put_bytes("etag/doc.json", b"{}")
-    assert store.upload("etag/big.bin", big).skipped  # the skip is an ETag check too
+    assert store.upload("etag/big.bin", big).skipped  # the skip is a CRC32 check too
     assert calls["UploadPart"] == 3 and calls["GetObject"] == 0, calls
 
     def foreign_etag(parsed: dict[str, Any], **_: Any) -> None:
@@ -129,11 +131,48 @@ def test_without_checksum_validation_uploads_are_checked_by_etag_or_read_back(
 
     store.client.meta.events.register("after-call.s3.HeadObject", foreign_etag)
     store.client.meta.events.register("after-call.s3.PutObject", foreign_etag)
-    store.put_file("etag/big-2.bin", big)
+    store.put_file("etag/big-2.bin", big)  # its CRC32 still speaks for it
     store.put_file("etag/small-2.bin", small)
     store.put_bytes("etag/doc-2.json", b"{}")
-    assert calls["GetObject"] == 3, calls
+    assert calls["GetObject"] == 2, calls
     assert store.get_bytes("etag/big-2.bin") == big.read_bytes()
+
+    def other_crc32(parsed: dict[str, Any], **_: Any) -> None:
+        if parsed.get("ChecksumCRC32"):
+            parsed["ChecksumCRC32"] = "AAAAAA=="
+
+    store.client.meta.events.register("after-call.s3.HeadObject", other_crc32)
+    with pytest.raises(IntegrityError, match="checksum"):
+        store.put_file("etag/big-3.bin", big)
+    assert store.head("etag/big-3.bin") is None  # deleted, not left half-trusted
+    store.close()
+
+
+def test_a_server_that_echoes_checksums_is_checked_by_etag_or_read_back(
+    moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a server neither validates nor computes checksums, a multipart upload is checked
+    by the MD5 ETag (the MD5 of the part MD5s), else read back, never by the echoed CRC32."""
+    echoing = Capabilities(conditional_put=True, checksum_validation=False, checksum_computed=False)
+    monkeypatch.setattr(S3Store, "_probe", lambda self: echoing)
+    monkeypatch.setattr(storage, "_PROBED", {})  # this test's probe result only
+    store = make_s3_store(moto, "oneseek-tests")
+    assert store.capabilities == echoing
+    calls: collections.Counter[str] = collections.Counter()
+    store.client.meta.events.register(
+        "before-call.s3", lambda model, **_: calls.update([model.name])
+    )
+    big = write(tmp_path / "big.bin", os.urandom(2 * SMALL_PART + 3))
+    store.put_file("echo/big.bin", big)
+    assert calls["GetObject"] == 0, calls
+
+    def foreign_etag(parsed: dict[str, Any], **_: Any) -> None:
+        if "ETag" in parsed:
+            parsed["ETag"] = '"not-an-md5-scheme"'
+
+    store.client.meta.events.register("after-call.s3.HeadObject", foreign_etag)
+    store.put_file("echo/big-2.bin", big)
+    assert calls["GetObject"] == 1, calls
     store.close()
 
 
