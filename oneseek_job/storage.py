@@ -89,19 +89,21 @@ _COPY_OBJECT_LIMIT = 5 * 1024 * MiB
 _MAX_PARTS = 10_000
 _MIN_PART = 5 * MiB
 
-# Multipart tuning, measured with `python -m bench.upload --size-mib 512 --sweep` (4 x 128 MiB
-# + 16 x 64 KiB files, loopback servers on a 2-core VM at load average ~14, so +-10% noise;
-# 2026-11-30), MB/s of upload_tree, part size x concurrency:
+# Multipart tuning: `python -m bench.upload --size-mib 512 --repeat 2 --sweep` (4 x 128 MiB +
+# 16 x 64 KiB files, loopback servers, 2-core VM, quiet, 2026-11-30 15:14 UTC;
+# bench/results/upload_sweep.json): each cell timed twice, interleaved with boto3
+# upload_file defaults; speed relative to that baseline's median, part size x concurrency:
 #            SeaweedFS               moto
 #            conc 2  conc 4  conc 8  conc 2  conc 4  conc 8
-#   8 MiB     87.1    95.5    89.1   104.6   113.5   108.9
-#  16 MiB     85.6    89.3    95.3    99.4   104.7    93.7
-#  32 MiB     89.1    93.6    96.2    76.0    82.1    77.8
-#  64 MiB    102.5    90.4   100.8    77.6    76.9    83.8
-# (boto3 upload_file defaults in the same runs: 94.8 and 99.7 MB/s.) SeaweedFS does not care
-# within the noise; moto slows down by a quarter from 32 MiB parts on (it spools larger
-# bodies to disk). 8 MiB parts (boto3's and the AWS CLI's default) with 8 in flight (real
-# networks reward requests in flight) are good on both.
+#   8 MiB     0.98    0.95    0.94    1.12    1.05    0.98
+#  16 MiB     0.99    0.91    0.94    1.03    1.11    1.01
+#  32 MiB     0.97    0.97    0.89    0.88    1.06    0.99
+#  64 MiB     0.99    1.00    0.93    0.91    0.91    0.90
+# Two samples per cell leave +-10 % noise: SeaweedFS (about 85 % of both cores go to the
+# server) shows no preference; moto slows from 32 MiB parts and with 8 in flight (its GIL);
+# interleaved head-to-heads of 16 x 4 against 8 x 8 (the previous default) at 512 MiB gave
+# 1.09 vs 1.06 (SeaweedFS) and 1.11-1.14 vs 0.97 (moto). 16 MiB x 4 keeps the 64 MiB in
+# flight of 8 x 8 (what a real network rewards) with half the requests.
 DEFAULT_PART_SIZE = 16 * MiB
 DEFAULT_CONCURRENCY = 4
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
