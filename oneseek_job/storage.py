@@ -684,6 +684,8 @@ class S3Store:
             conditional = self._probe_conditional_put(f"{base}-conditional")
             validated = self._probe_checksum_validation(f"{base}-checksum", uploads)
             computed = validated or self._probe_checksum_computed(f"{base}-computed", uploads)
+        except Exception as error:  # e.g. credentials that may read but not write: exit 2
+            raise _translate(error, "probe", self.uri) from None
         finally:
             for suffix in ("-conditional", "-checksum", "-computed"):
                 with contextlib.suppress(Exception):

@@ -389,6 +389,9 @@ def test_access_denied_is_config_error(seaweed: SeaweedServer, fresh_bucket: str
         reader.put_bytes("k", b"v")  # ... but not write to it
     assert seaweed.reader.secret_key not in str(info.value)
     assert info.value.exit_code == 2
+    with pytest.raises(ConfigError, match="access denied") as probed:
+        _ = reader.capabilities  # nor probe it (the probe writes)
+    assert probed.value.exit_code == 2
 
 
 def test_endpoint_down_is_retryable_storage_error(tmp_path: Path) -> None:
