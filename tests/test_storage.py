@@ -377,7 +377,10 @@ def test_bad_credentials_are_config_errors_without_the_secret(
     assert unknown_key not in str(info.value) and wrong_secret not in str(info.value)
 
 
-def test_access_denied_is_config_error(seaweed: SeaweedServer, fresh_bucket: str) -> None:
+def test_access_denied_is_config_error(
+    seaweed: SeaweedServer, fresh_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_PROBED", {})  # probed here, not by an earlier test
     reader = open_store(
         f"s3://{fresh_bucket}/x",
         endpoint_url=seaweed.endpoint_url,
