@@ -726,52 +726,56 @@ class S3Store:
             )
         ):
             return False
-        upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
-        )["UploadId"]
-        uploads.append((key, upload_id))
-        return self._refused(
-            lambda: self.client.upload_part(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=1,
-                Body=_PROBE_BODY,
-                ChecksumCRC32=_WRONG_CRC32,
-            )
-        )
+        return self._probe_wrong_part(key, uploads) is None
 
     def _probe_checksum_computed(self, key: str, uploads: list[tuple[str, str]]) -> bool:
         """A server that accepts a wrong part CRC32 may still report the object's CRC32 from
-        the bytes it stored: upload one part with a wrong CRC32 and see which one it reports."""
-        upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
-        )["UploadId"]
-        uploads.append((key, upload_id))
-        part = {"PartNumber": 1, "ChecksumCRC32": _WRONG_CRC32}
-
-        def upload_and_complete() -> None:
-            part["ETag"] = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                Body=_PROBE_BODY,
-                **part,
-            )["ETag"]
-            self.client.complete_multipart_upload(
+        the bytes it stored: complete a one-part upload whose part carried a wrong CRC32 and
+        see which one it reports."""
+        accepted = self._probe_wrong_part(key, uploads)
+        if accepted is None:
+            return False
+        upload_id, etag = accepted
+        part = {"PartNumber": 1, "ETag": etag, "ChecksumCRC32": _WRONG_CRC32}
+        if self._refused(
+            lambda: self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [part]},
             )
-
-        if self._refused(upload_and_complete):
+        ):
             return False
         reported = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         stored = reported.get("ChecksumCRC32")
         size = len(_PROBE_BODY)
         real = FileDigests("", size, size, (zlib.crc32(_PROBE_BODY),), ())
         return bool(stored) and bool(real.crc32_matches(stored, reported.get("ChecksumType")))
+
+    def _probe_wrong_part(self, key: str, uploads: list[tuple[str, str]]) -> tuple[str, str] | None:
+        """Start a CRC32 multipart upload (recorded in ``uploads`` for the abort) and send
+        part 1 with a wrong CRC32: None if refused, else (upload id, the part's ETag)."""
+        upload_id = str(
+            self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
+            )["UploadId"]
+        )
+        uploads.append((key, upload_id))
+        sent: dict[str, Any] = {}
+        if self._refused(
+            lambda: sent.update(
+                self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=1,
+                    Body=_PROBE_BODY,
+                    ChecksumCRC32=_WRONG_CRC32,
+                )
+            )
+        ):
+            return None
+        return upload_id, str(sent["ETag"])
 
     def require_conditional_writes(self) -> None:
         """Refuse (exit 2) a server that ignores If-None-Match, unless opted out.
@@ -920,14 +924,17 @@ class S3Store:
         from s3transfer.utils import ReadFileChunk
 
         full = self._key(key)
-        # Declared even where the server validates nothing: moto then computes its cheapest
-        # checksum, where without one it copies the whole object again for a full-object one.
-        declared = {"ChecksumAlgorithm": "CRC32"}
         created = self._call(
             "upload",
             key,
             lambda: self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=full, Metadata={"sha256": digests.sha256}, **declared
+                Bucket=self.bucket,
+                Key=full,
+                Metadata={"sha256": digests.sha256},
+                # Declared even where the server validates nothing: moto then computes its
+                # cheapest checksum, where without one it copies the whole object again for
+                # a full-object one.
+                ChecksumAlgorithm="CRC32",
             ),
         )
         upload_id = str(created["UploadId"])
@@ -973,8 +980,9 @@ class S3Store:
         """Check the stored object against what we hashed; delete it if it does not match.
 
         Size and ``sha256`` metadata must be ours, and the server's own digests
-        (:meth:`_server_evidence`: its checksum where it validates checksums, else its MD5
-        ETag) must match; where they say nothing the object is read back and re-hashed.
+        (:meth:`_server_evidence`: its checksum where it validates or computes checksums,
+        else its MD5 ETag) must match; where they say nothing the object is read back and
+        re-hashed.
         """
         response = self._call(
             "verify",
